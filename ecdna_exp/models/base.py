@@ -116,3 +116,7 @@ class CountingModel(abc.ABC):
 
     def close(self) -> None:
         """Release memory, connections or processes held by the model."""
+
+
+class ModelConfigError(ValueError):
+    """A model configuration that cannot run: missing weights, a prompt over the token budget, bad values."""
