@@ -143,7 +143,7 @@ def _number(name: str, after_dash: bool = False) -> str:
 
 
 _APPROX = (
-    r"approximately|approx\.?|about|around|roughly|nearly|almost|close\s+to|circa|some|an\s+estimated"
+    r"approximately|approx|about|around|roughly|nearly|almost|close\s+to|circa|some|an\s+estimated"
     r"|estimated(?:\s+(?:at|to\s+be))?|~|≈"
 )
 _BOUND_BEFORE = (
@@ -192,8 +192,8 @@ def _from_quantity(match: re.Match, lead: str = "") -> ParsedAnswer:
 
 # Where a count is stated -----------------------------------------------------
 
-# Objects other than ecDNA, and words that tie a number to something else.
-_OTHER_OBJECT = r"nucle\w*|chromosom\w*|cells?|pixels?|images?|patch\w*|metaphases?|confiden\w*"
+# Things counted in a metaphase other than ecDNA. A marker or number next to one of them is not the ecDNA count.
+_OTHER_OBJECT = r"nucle\w*|chromosom\w*|cells?|confiden\w*"
 _OTHER_OBJECT_RE = re.compile(rf"(?<![a-z])(?:{_OTHER_OBJECT})(?![a-z])", re.IGNORECASE)
 _ECDNA_WORD = r"ecdnas?|extrachromosomal|dots?|spots?|foci|puncta|specks?"
 
@@ -217,7 +217,8 @@ _DETACHING_WORD_RE = re.compile(
 )
 _NOT_A_COUNT_AFTER_RE = re.compile(
     r"\s*(?:[x×]\s*\d|[x×](?![a-z])|%|\^|/\s*\d"
-    rf"|(?:px|percent|degrees?|[µμu]m|nm|microns?|kb|mb|bp|times|fold|{_OTHER_OBJECT})(?![a-z]))",
+    rf"|(?:px|pixels?|images?|patch\w*|metaphases?|percent|degrees?|[µμu]m|nm|microns?|kb|mb|bp|times|fold"
+    rf"|{_OTHER_OBJECT})(?![a-z]))",
     re.IGNORECASE,
 )
 _CONFIDENCE_BEFORE_RE = re.compile(r"confiden\w*[^.\n\d]{0,20}$", re.IGNORECASE)
@@ -268,7 +269,9 @@ def _last_accepted(pattern: re.Pattern, text: str, accept) -> re.Match | None:
 
 def _marker_is_for_ecdna(match: re.Match) -> bool:
     before = match.string[max(0, match.start() - 16) : match.start()]
-    return not (_OTHER_OBJECT_RE.search(match.group("gap")) or _OTHER_OBJECT_BEFORE_RE.search(before))
+    if _OTHER_OBJECT_RE.search(match.group("gap")) or _OTHER_OBJECT_BEFORE_RE.search(before):
+        return False
+    return _NOT_A_COUNT_AFTER_RE.match(match.string, match.end()) is None
 
 
 def _is_attached(match: re.Match) -> bool:
@@ -289,10 +292,11 @@ def _parsed(match: re.Match | None) -> ParsedAnswer | None:
 
 
 def _normalise(text: str) -> str:
-    """Fold Unicode forms and dashes and drop markdown emphasis, code marks and ``$``."""
+    """Fold Unicode forms, dashes and "approx." and drop markdown emphasis, code marks and ``$``."""
     text = unicodedata.normalize("NFKC", text)
     text = re.sub(r"[\u2010-\u2015\u2212]", "-", text)
     text = text.replace("\\approx", "≈").replace("\\sim", "~")
+    text = re.sub(r"(?<![a-z])approx\.", "approximately", text, flags=re.IGNORECASE)
     return re.sub(r"\*+|`+|\$+|(?<!\w)__|__(?!\w)", "", text)
 
 

@@ -60,6 +60,11 @@ CASES = [
     ("3 nuclei with 12 ecDNA", 12, EXACT),
     ("There are 12 ecDNA in 3 nuclei.", 12, EXACT),
     ("The 256x256 pixels patch shows 9 ecDNA", 9, EXACT),
+    ("There are 12 ecDNA and 3 nuclei. Count: 3 nuclei", 12, EXACT),
+    ("Count of nuclei = 2; count of ecDNA = 11", 11, EXACT),
+    ("The number of ecDNA in this 256 × 256 image is 7", 7, EXACT),
+    ("Reasoning: 4 clusters of about 3 dots each.\nFinal Answer: 12", 12, EXACT),
+    ("Answer: 256x256", None, NONE),
     ("In this 256x256 image I count 6", 6, EXACT),
     # LaTeX and JSON
     ("\\boxed{12}", 12, EXACT),
@@ -85,6 +90,7 @@ CASES = [
     ("Estimated count: 20", 20, APPROXIMATE),
     ("20 or so", 20, APPROXIMATE),
     ("The count of ecDNA is approximately 34.", 34, APPROXIMATE),
+    ("ecDNA count (approx.): 40", 40, APPROXIMATE),
     # ranges give the midpoint
     ("10-15", 12.5, RANGE),
     ("10\u201315", 12.5, RANGE),
@@ -93,6 +99,7 @@ CASES = [
     ("from 8 to 10 ecDNA", 9, RANGE),
     ("ten to fifteen", 12.5, RANGE),
     ("Answer: 10 - 14", 12, RANGE),
+    ("Approximately 15-20 ecDNA", 17.5, RANGE),
     # bounds give the bound
     ("more than 10", 10, BOUND),
     ("at least 10", 10, BOUND),
