@@ -109,21 +109,24 @@ _BELOW_100 = (
     rf"(?:(?:{_TENS})(?:[-\s](?:{_ONE_TO_NINE})(?![a-z])|(?![-\s](?:{_ONE_TO_NINE})(?![a-z])))"
     rf"|(?:{_UNITS}))"
 )
+_BELOW_1000 = rf"(?:(?:(?:a|{_ONE_TO_NINE})\s+)?hundred(?:\s+(?:and\s+)?{_BELOW_100})?|{_BELOW_100})"
 _WORD_NUMBER = (
-    rf"(?:(?:(?:a|{_ONE_TO_NINE})\s+)?hundred(?:\s+(?:and\s+)?{_BELOW_100})?"
-    rf"|a\s+single|{_BELOW_100})(?![a-z])"
+    rf"(?:(?:(?:a|{_BELOW_1000})\s+)?thousand(?:,?\s+(?:and\s+)?{_BELOW_1000})?|a\s+single|{_BELOW_1000})"
+    r"(?![a-z])"
 )
 
 
 def _word_value(words: str) -> int:
     """Return the value of a phrase matched by ``_WORD_NUMBER``."""
-    value = 0
+    thousands, value = 0, 0
     for token in re.findall(r"[a-z]+", words.lower()):
-        if token == "hundred":
+        if token == "thousand":
+            thousands, value = max(value, 1) * 1000, 0
+        elif token == "hundred":
             value = max(value, 1) * 100
         else:
             value += _WORD_VALUES.get(token, 0)
-    return value
+    return thousands + value
 
 
 # Quantities ------------------------------------------------------------------

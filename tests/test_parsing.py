@@ -46,6 +46,9 @@ CASES = [
     ("one hundred and five", 105, EXACT),
     ("a hundred ecDNA", 100, EXACT),
     ("two hundred thirty-four", 234, EXACT),
+    ("nine hundred ninety-nine", 999, EXACT),
+    ("one thousand ecDNA", 1000, EXACT),
+    ("two thousand three hundred and five", 2305, EXACT),
     ("There is one ecDNA.", 1, EXACT),
     ("There is a single ecDNA near the nucleus.", 1, EXACT),
     # which number is the count
