@@ -117,9 +117,14 @@ class FakeOpenAIServer:
                     server.received.append(ReceivedRequest(self.path, dict(self.headers), payload, key))
                     server._in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server._in_flight)
+                reply = server._next_reply(key)
+                time.sleep(reply.delay_s)
+                with server._lock:
+                    server._in_flight -= 1
+
+                # The count drops before the reply goes out, because a client
+                # may send its next request as soon as it reads this one.
                 try:
-                    reply = server._next_reply(key)
-                    time.sleep(reply.delay_s)
                     body = reply.render()
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "application/json")
@@ -130,9 +135,6 @@ class FakeOpenAIServer:
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # The client timed out and closed the connection first.
-                finally:
-                    with server._lock:
-                        server._in_flight -= 1
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

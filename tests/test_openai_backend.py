@@ -20,8 +20,15 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from ecdna_exp.imaging import load_image
+from ecdna_exp.models import openai_compat
 from ecdna_exp.models.base import GenerationSettings, ModelConfigError, Request
-from ecdna_exp.models.openai_compat import OpenAICompatModel, parse_retry_after, to_openai_messages
+from ecdna_exp.models.openai_compat import (
+    DataUrlCache,
+    OpenAICompatModel,
+    encode_image,
+    parse_retry_after,
+    to_openai_messages,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / ".." / "shared" / "data"
@@ -244,7 +251,7 @@ def test_images_arrive_as_png_data_urls():
 
 def test_jpeg_format_sets_mime_type():
     messages = [{"role": "user", "content": [{"type": "image", "image": synthetic_image(1)}]}]
-    [converted] = to_openai_messages(messages, image_format="jpeg")
+    [converted] = to_openai_messages(messages, encode=DataUrlCache("jpeg"))
 
     assert converted["content"][0]["image_url"]["url"].startswith("data:image/jpeg;base64,/9j/")
 
@@ -439,3 +446,37 @@ def test_pixtral_yaml_without_key_raises(monkeypatch):
 
     assert isinstance(raised.value.__cause__, ModelConfigError)
     assert "MISTRAL_API_KEY" in str(raised.value.__cause__)
+
+
+def test_data_url_cache_reuses_encodings():
+    cache = DataUrlCache("png", max_entries=2)
+    first, second, third = synthetic_image(1), synthetic_image(2), synthetic_image(3)
+
+    assert cache(first) == encode_image(first)
+    assert cache(first.copy()) == cache(first)
+    assert len(cache) == 1
+    cache(second)
+    cache(third)
+    assert len(cache) == 2
+    assert decode_data_url(cache(second)).shape == (32, 48, 3)
+
+
+def test_shared_example_encoded_once(monkeypatch):
+    encoded_shapes = []
+
+    def counting_encode(image, image_format="png"):
+        encoded_shapes.append(image.shape)
+        return encode_image(image, image_format)
+
+    monkeypatch.setattr(openai_compat, "encode_image", counting_encode)
+    example = synthetic_image(9, shape=(16, 16))
+    requests = [count_request(f"q{i}", images=[example, synthetic_image(20 + i)]) for i in range(3)]
+    with FakeOpenAIServer() as server:
+        model = make_model(server.base_url)
+        model.generate(requests)
+
+    assert encoded_shapes.count((16, 16, 3)) == 1
+    assert encoded_shapes.count((32, 48, 3)) == 3
+    example_urls = {r.payload["messages"][0]["content"][0]["image_url"]["url"] for r in server.received}
+    assert len(example_urls) == 1
+    np.testing.assert_array_equal(decode_data_url(example_urls.pop()), example)
