@@ -405,6 +405,8 @@ def test_parse_retry_after_forms():
     assert parse_retry_after(in_five_s, now=now) == 5.0
     assert parse_retry_after(five_s_ago, now=now) == 0.0
     assert parse_retry_after("soon") is None
+    assert parse_retry_after("nan") is None
+    assert parse_retry_after("-3") == 0.0
     assert parse_retry_after(None) is None
 
 

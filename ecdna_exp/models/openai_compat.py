@@ -15,6 +15,7 @@ import email.utils
 import hashlib
 import io
 import logging
+import math
 import os
 import threading
 import time
@@ -163,15 +164,18 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     """Return the wait in seconds that a ``Retry-After`` header requests.
 
     Accepts both forms of RFC 9110: delay seconds (``"2"``) and an HTTP date.
-    Returns None for a missing or unreadable value, and 0 for a date in the past.
+    Returns None for a missing, unreadable or non-finite value, and 0 for a
+    date in the past.
     """
     if value is None or not value.strip():
         return None
     value = value.strip()
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -371,7 +375,6 @@ class OpenAICompatModel(CountingModel):
             "send_top_k": self.send_top_k,
             "send_seed": self.send_seed,
             "seed_field": self.seed_field,
-            "max_images_per_request": self.max_images_per_request,
         }
 
     def close(self) -> None:
