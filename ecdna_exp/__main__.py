@@ -1,0 +1,3 @@
+from ecdna_exp.task import main
+
+main()

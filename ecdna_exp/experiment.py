@@ -1,0 +1,234 @@
+"""One experiment: every evaluated image through the model, parsed and aggregated.
+
+For each trial and each batch of images the runner builds the conversations
+(few-shot examples, then the query image), asks the model for each turn of
+the prompt in turn, and parses the last answer. Answers come from the cache
+when an identical request was answered before. Every answer is appended to
+``predictions.partial.csv`` as soon as its batch finishes, so a crash keeps
+what was computed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ecdna_exp.aggregation import aggregate_trials
+from ecdna_exp.cache import AnswerCache, cache_key
+from ecdna_exp.data import Dataset, Sample
+from ecdna_exp.imaging import ImageLoadError
+from ecdna_exp.metrics import count_metrics
+from ecdna_exp.models.base import (
+    CountingModel,
+    GenerationSettings,
+    Message,
+    ModelConfigError,
+    Request,
+    Response,
+)
+from ecdna_exp.parsing import parse_confidence, parse_count
+from ecdna_exp.prompts import PromptSpec, build_opening, continue_conversation, select_examples
+
+log = logging.getLogger(__name__)
+
+#: ``parse_status`` of rows that have no answer to parse.
+IMAGE_ERROR = "image_error"
+MODEL_ERROR = "model_error"
+
+
+@dataclass
+class ExperimentSettings:
+    """The run-level choices of an experiment, from the top-level config."""
+
+    temperature: float = 0.0
+    top_p: float = 0.9
+    top_k: int = 50
+    max_new_tokens: int = 64
+    shots: int = 0
+    shot_strategy: str = "cover"
+    trials: int = 1
+    aggregation: str = "median"
+    seed: int = 0
+    image_view: str = "rgb"
+    bootstrap_resamples: int = 2000
+
+
+@dataclass
+class ExperimentResult:
+    """What a run produced: per-trial rows, per-image aggregates and metrics."""
+
+    predictions: pd.DataFrame
+    trial_predictions: pd.DataFrame
+    metrics: dict[str, float]
+    trial_metrics: list[dict[str, float]]
+    example_ids: list[str]
+    generation: dict[str, Any] = field(default_factory=dict)
+
+
+def trial_seed(seed: int, trial: int) -> int:
+    """Return the sampling seed of one trial, distinct per (seed, trial) pair."""
+    return int(np.random.SeedSequence([seed, trial]).generate_state(1)[0])
+
+
+def _cached_generate(model: CountingModel, requests: list[Request], cache: AnswerCache) -> list[Response]:
+    identity = model.describe()
+    keys = [cache_key(identity, r.messages, r.settings) for r in requests]
+    responses: list[Response | None] = []
+    for key in keys:
+        hit = cache.get(key)
+        responses.append(Response(answer_text=hit[0], latency_s=hit[1]) if hit else None)
+    missing = [i for i, response in enumerate(responses) if response is None]
+    if missing:
+        fresh = model.generate([requests[i] for i in missing])
+        if len(fresh) != len(missing):
+            raise RuntimeError(f"model {model.name} returned {len(fresh)} answers for {len(missing)} requests")
+        for i, response in zip(missing, fresh):
+            responses[i] = response
+        cache.put_many([(keys[i], r.answer_text, r.latency_s) for i, r in zip(missing, fresh) if r.ok])
+    return responses
+
+
+class Experiment:
+    """Runs a prompt on a dataset with one model; see the module docstring."""
+
+    def __init__(
+        self,
+        model: CountingModel,
+        dataset: Dataset,
+        prompt: PromptSpec,
+        settings: ExperimentSettings,
+        cache: AnswerCache,
+        output_dir: Path,
+        fill_fn=None,
+    ):
+        self.model = model
+        self.dataset = dataset
+        self.prompt = prompt
+        self.settings = settings
+        self.cache = cache
+        self.output_dir = Path(output_dir)
+        #: Optional callable ``(sample, rgb) -> dict`` giving extra placeholders and images for tool prompts.
+        self.fill_fn = fill_fn
+        self._partial_path = self.output_dir / "predictions.partial.csv"
+
+    def _examples(self) -> tuple[list[str], list[tuple[np.ndarray, int]]]:
+        s = self.settings
+        pool = self.dataset.pool
+        indices = select_examples([p.count_true for p in pool], s.shots, s.shot_strategy, s.seed)
+        chosen: list[Sample] = [pool[i] for i in indices]
+        evaluated_ids = {sample.image_id for sample in self.dataset.samples}
+        leaked = [c.image_id for c in chosen if c.image_id in evaluated_ids]
+        if leaked:
+            raise RuntimeError(f"few-shot examples {leaked} are also evaluated images")
+        return [c.image_id for c in chosen], [(c.load_rgb(s.image_view), c.count_true) for c in chosen]
+
+    def _generation(self, trial: int) -> GenerationSettings:
+        s = self.settings
+        return GenerationSettings(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_new_tokens=s.max_new_tokens,
+            seed=trial_seed(s.seed, trial),
+        )
+
+    def _record(self, rows: list[dict[str, Any]]) -> None:
+        frame = pd.DataFrame(rows)
+        header = not self._partial_path.exists()
+        frame.to_csv(self._partial_path, mode="a", header=header, index=False)
+
+    def _run_batch(self, batch: list[Sample], trial: int, examples) -> list[dict[str, Any]]:
+        settings = self._generation(trial)
+        rows: dict[str, dict[str, Any]] = {}
+        conversations: dict[str, list[Message]] = {}
+        for sample in batch:
+            row = {"image_id": sample.image_id, "trial": trial, "count_true": sample.count_true,
+                   "answer_text": None, "count_pred": np.nan, "parse_status": None, "confidence": np.nan,
+                   "latency_s": 0.0, "error": None}
+            rows[sample.image_id] = row
+            try:
+                rgb = sample.load_rgb(self.settings.image_view)
+            except ImageLoadError as error:
+                log.error("image %s failed to load: %s", sample.image_id, error)
+                row.update(parse_status=IMAGE_ERROR, error=str(error))
+                continue
+            fill = self.fill_fn(sample, rgb) if self.fill_fn else {}
+            conversations[sample.image_id] = build_opening(self.prompt, rgb, examples, fill)
+
+        for step, turn in enumerate(self.prompt.turns):
+            if step > 0:
+                conversations = {
+                    image_id: continue_conversation(messages, rows[image_id][f"step{step}_answer"], turn)
+                    for image_id, messages in conversations.items()
+                }
+            ids = list(conversations)
+            if not ids:
+                break
+            requests = [Request(image_id, conversations[image_id], settings) for image_id in ids]
+            responses = _cached_generate(self.model, requests, self.cache)
+            for image_id, response in zip(ids, responses):
+                row = rows[image_id]
+                row["latency_s"] += response.latency_s
+                if not response.ok:
+                    log.error("model %s failed on image %s: %s", self.model.name, image_id, response.error)
+                    row.update(parse_status=MODEL_ERROR, error=response.error)
+                    del conversations[image_id]
+                    continue
+                if self.prompt.multi_turn:
+                    row[f"step{step + 1}_answer"] = response.answer_text
+                row["answer_text"] = response.answer_text
+
+        for image_id in conversations:
+            row = rows[image_id]
+            parsed = parse_count(row["answer_text"])
+            row.update(count_pred=parsed.value if parsed.value is not None else np.nan,
+                       parse_status=str(parsed.status))
+            confidence = parse_confidence(row["answer_text"])
+            row["confidence"] = confidence if confidence is not None else np.nan
+        return list(rows.values())
+
+    def run(self) -> ExperimentResult:
+        """Answer every evaluated image in every trial and score the answers."""
+        s = self.settings
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._partial_path.unlink(missing_ok=True)
+        images_per_request = s.shots + 1
+        limit = self.model.max_images_per_request
+        if limit is not None and images_per_request > limit:
+            raise ModelConfigError(
+                f"each request carries {images_per_request} images (shots={s.shots} plus the query), but model "
+                f"{self.model.name} accepts at most {limit}; lower shots or raise the server's image limit"
+            )
+        example_ids, examples = self._examples()
+        samples = self.dataset.samples
+        batch_size = max(1, int(self.model.batch_size))
+        all_rows: list[dict[str, Any]] = []
+        total = s.trials * len(samples)
+        with tqdm(total=total, desc=f"{self.model.name}", unit="image", disable=None, mininterval=2.0) as bar:
+            for trial in range(s.trials):
+                for start in range(0, len(samples), batch_size):
+                    batch = samples[start : start + batch_size]
+                    started = time.perf_counter()
+                    rows = self._run_batch(batch, trial, examples)
+                    log.debug("batch of %d took %.2f s", len(batch), time.perf_counter() - started)
+                    self._record(rows)
+                    all_rows.extend(rows)
+                    bar.update(len(batch))
+
+        trial_predictions = pd.DataFrame(all_rows)
+        predictions = aggregate_trials(trial_predictions, s.aggregation)
+        metrics = count_metrics(predictions["count_true"].to_numpy(), predictions["count_pred"].to_numpy(),
+                                n_resamples=s.bootstrap_resamples, seed=s.seed)
+        trial_metrics = []
+        for _, frame in trial_predictions.groupby("trial", sort=True):
+            trial_metrics.append(count_metrics(frame["count_true"].to_numpy(), frame["count_pred"].to_numpy(),
+                                               n_resamples=s.bootstrap_resamples, seed=s.seed))
+        return ExperimentResult(predictions, trial_predictions, metrics, trial_metrics, example_ids,
+                                generation=self._generation(0).to_dict())

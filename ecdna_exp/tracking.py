@@ -1,0 +1,167 @@
+"""MLflow logging: the local store, one child run per job, and what each run records.
+
+The store lives under ``tracking.dir`` (default ``mlruns/`` in the directory
+the command was started from): ``mlflow.db`` (SQLite, the backend store) and
+``artifacts/``. ``make ui`` serves it on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from ecdna_exp import plots
+from ecdna_exp.data import Dataset
+from ecdna_exp.experiment import ExperimentResult
+
+log = logging.getLogger(__name__)
+
+#: Params longer than this many characters go to ``params_long.yaml`` instead.
+MAX_PARAM_LENGTH = 500
+_INVALID_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
+
+
+class TrackingStore:
+    """A local MLflow store: SQLite backend plus an artifact folder."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory).expanduser().resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = f"sqlite:///{self.directory / 'mlflow.db'}"
+        self.artifact_root = (self.directory / "artifacts").as_uri()
+        mlflow.set_tracking_uri(self.tracking_uri)
+        self.client = MlflowClient(self.tracking_uri)
+
+    def ensure_experiment(self, name: str) -> str:
+        """Return the id of experiment ``name``, creating it with this store's artifact folder."""
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=f"{self.artifact_root}/{name}")
+        except mlflow.exceptions.MlflowException:
+            # Another process created it between the lookup and the create.
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+
+def store_from_config(cfg: DictConfig) -> TrackingStore:
+    directory = Path(cfg.tracking.dir)
+    if not directory.is_absolute():
+        directory = Path(cfg.get("launch_dir") or os.getcwd()) / directory
+    return TrackingStore(directory)
+
+
+def sanitize_key(key: str) -> str:
+    """Make ``key`` a valid MLflow param or metric name by replacing other characters with ``_``."""
+    return _INVALID_KEY_CHARS.sub("_", key)[:250]
+
+
+def flatten_config(cfg: DictConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """Flatten a resolved config into ``(params, long_params)`` keyed by dotted paths.
+
+    Values longer than :data:`MAX_PARAM_LENGTH`, such as prompt texts, go to
+    ``long_params`` so they can be logged as an artifact.
+    """
+    container = OmegaConf.to_container(cfg, resolve=True)
+    params: dict[str, str] = {}
+    long_params: dict[str, str] = {}
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                visit(f"{prefix}.{key}" if prefix else str(key), child)
+            return
+        text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+        (long_params if len(text) > MAX_PARAM_LENGTH else params)[sanitize_key(prefix)] = text
+
+    visit("", container)
+    return params, long_params
+
+
+@contextmanager
+def child_run(store: TrackingStore, experiment_id: str, run_name: str, parent_run_id: str | None) -> Iterator:
+    """Start an MLflow run that always ends: FINISHED on success, FAILED on any exception."""
+    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    try:
+        yield run
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def log_config(cfg: DictConfig) -> None:
+    params, long_params = flatten_config(cfg)
+    mlflow.log_params(params)
+    if long_params:
+        mlflow.log_text(OmegaConf.to_yaml(OmegaConf.create(long_params)), "params_long.yaml")
+    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+
+def log_dataset(dataset: Dataset) -> None:
+    frame = dataset.to_frame()
+    mlflow.log_text(frame.to_csv(index=False), "dataset.csv")
+    mlflow.set_tags({"dataset.name": dataset.name, "dataset.digest": dataset.digest, "dataset.source": dataset.source})
+    try:
+        # MLflow resolves only known source schemes, so generated data is logged without a source.
+        source = dataset.source if Path(dataset.source).exists() else None
+        entry = mlflow.data.from_pandas(frame, source=source, name=dataset.name, digest=dataset.digest)
+        mlflow.log_input(entry, context="evaluation")
+    except Exception as error:  # noqa: BLE001 - the dataset entry is optional; the CSV above has the data.
+        log.warning("could not log dataset %s as an MLflow input: %s", dataset.name, error)
+
+
+def _jsonable(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype(object).where(pd.notna(frame), None)
+
+
+def _log_figure(figure: plt.Figure, path: str) -> None:
+    try:
+        mlflow.log_figure(figure, path)
+    finally:
+        plt.close(figure)
+
+
+def log_result(result: ExperimentResult, model_name: str) -> None:
+    """Log metrics, predictions tables and figures of a finished experiment to the active run."""
+    metrics = {k: v for k, v in result.metrics.items() if v is not None and np.isfinite(v)}
+    mlflow.log_metrics(metrics)
+    for trial, trial_metrics in enumerate(result.trial_metrics):
+        mlflow.log_metrics({f"trial_{k}": v for k, v in trial_metrics.items() if np.isfinite(v)}, step=trial)
+    if len(result.trial_metrics) > 1:
+        mae_trials = [m["mae"] for m in result.trial_metrics]
+        mlflow.log_metrics({"trial_mae_mean": float(np.nanmean(mae_trials)),
+                            "trial_mae_best": float(np.nanmin(mae_trials)),
+                            "trial_mae_worst": float(np.nanmax(mae_trials))})
+    status_counts = result.trial_predictions["parse_status"].value_counts()
+    mlflow.log_metrics({f"status_{sanitize_key(str(k))}": float(v) for k, v in status_counts.items()})
+
+    mlflow.log_table(_jsonable(result.predictions), "predictions.json")
+    mlflow.log_text(result.predictions.to_csv(index=False), "predictions.csv")
+    mlflow.log_text(result.trial_predictions.to_csv(index=False), "trial_predictions.csv")
+    mlflow.log_dict({"example_ids": result.example_ids, "generation": result.generation}, "run_details.json")
+
+    counts_true = result.predictions["count_true"].to_numpy(float)
+    counts_pred = result.predictions["count_pred"].to_numpy(float)
+    m = result.metrics
+    title = (f"{model_name}: MAE {m['mae']:.2f}, RMSE {m['rmse']:.2f}, r {m['pearson_r']:.2f}, "
+             f"coverage {m['coverage']:.0%} of {int(m['n'])}")
+    _log_figure(plots.scatter_figure(counts_true, counts_pred, title), "scatter.png")
+    _log_figure(plots.residual_histogram(counts_true, counts_pred, title), "residuals.png")
