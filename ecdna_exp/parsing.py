@@ -218,8 +218,9 @@ _ATTACHED_RE = re.compile(
 _DETACHING_WORD_RE = re.compile(
     rf"(?<![a-z])(?:{_OTHER_OBJECT}|and|or|with|in|per|than)(?![a-z])", re.IGNORECASE
 )
+# A unit must follow on the same line: "6\nConfidence: 0.8" states a count of 6.
 _NOT_A_COUNT_AFTER_RE = re.compile(
-    r"\s*(?:[x×]\s*\d|[x×](?![a-z])|%|\^|/\s*\d"
+    r"[^\S\n]*(?:[x×]\s*\d|[x×](?![a-z])|%|\^|/\s*\d"
     rf"|(?:px|pixels?|images?|patch\w*|metaphases?|percent|degrees?|[µμu]m|nm|microns?|kb|mb|bp|times|fold"
     rf"|{_OTHER_OBJECT})(?![a-z]))",
     re.IGNORECASE,

@@ -115,8 +115,9 @@ def select_examples(pool_counts: list[int], shots: int, strategy: str, seed: int
         Number of examples; 0 returns an empty list.
     strategy : {"cover", "random"}
         ``cover`` spans the range of counts: the first examples have the counts
-        closest to 0 and 1, the rest are spread over the upper quantiles, so a
-        3-shot prompt shows zero, one and many ecDNA. ``random`` draws uniformly.
+        closest to 0 and 1, and the rest those closest to quantiles between the
+        median and the 95th percentile of the pool's counts (the 90th for a
+        single one), so a 3-shot prompt shows zero, one and many ecDNA. ``random`` draws uniformly.
     seed : int
         Seed for drawing and for breaking ties between equal counts.
 
@@ -139,7 +140,8 @@ def select_examples(pool_counts: list[int], shots: int, strategy: str, seed: int
         return [int(i) for i in rng.choice(len(pool_counts), size=shots, replace=False)]
 
     counts = np.asarray(pool_counts, dtype=float)
-    upper = np.quantile(counts, np.linspace(0.5, 1.0, max(shots - 2, 1)))
+    n_many = max(shots - 2, 1)
+    upper = np.quantile(counts, np.linspace(0.5, 0.95, n_many) if n_many > 1 else [0.9])
     targets = [0.0, 1.0, *upper][:shots] if shots > 1 else [float(np.median(counts))]
     jitter = rng.random(len(counts))
     chosen: list[int] = []
@@ -147,3 +149,21 @@ def select_examples(pool_counts: list[int], shots: int, strategy: str, seed: int
         order = np.lexsort((jitter, np.abs(counts - target)))
         chosen.append(int(next(i for i in order if i not in chosen)))
     return chosen
+
+
+def describe_messages(messages: list[Message]) -> list[dict[str, str]]:
+    """Render messages as ``{"role", "text"}`` pairs, each image shown as ``<image HxW>``.
+
+    Used for golden tests and to log the prompt of a run in readable form.
+    """
+    rendered = []
+    for message in messages:
+        pieces = []
+        for part in message["content"]:
+            if part.get("type") == "image":
+                height, width = part["image"].shape[:2]
+                pieces.append(f"<image {height}x{width}>")
+            else:
+                pieces.append(part["text"])
+        rendered.append({"role": message["role"], "text": "\n".join(pieces)})
+    return rendered

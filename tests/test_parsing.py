@@ -81,6 +81,8 @@ CASES = [
     ('{"count": "10-15"}', 12.5, RANGE),
     # confidence is never the count
     ("Count: 12. Confidence: 0.8", 12, EXACT),
+    ("Count: 6\nConfidence: low", 6, EXACT),
+    ("Count: 2\n\nConfidence: 0.8", 2, EXACT),
     ("12 (confidence 0.8)", 12, EXACT),
     ("I am 90% sure there are 12 ecDNA", 12, EXACT),
     ("Confidence: 0.8", None, NONE),
