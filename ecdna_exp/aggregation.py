@@ -19,7 +19,7 @@ AGGREGATIONS = ("mean", "median", "majority")
 
 
 def majority_vote(values: list[float]) -> float:
-    """Return the most frequent value, with ties broken as the module docstring says."""
+    """Return the most frequent value, breaking ties by the rule in the module docstring."""
     if not values:
         return float("nan")
     frequencies = Counter(values)

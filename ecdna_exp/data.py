@@ -46,7 +46,7 @@ COUNTS_FILES = ("counts.csv", "test_images_counts.csv")
 class Sample:
     """One patch and its ground truth.
 
-    ``counts`` holds ``num_nuclei``, ``num_chromosomes`` and ``num_ecDNA``.
+    ``counts`` contains ``num_nuclei``, ``num_chromosomes`` and ``num_ecDNA``.
     ``path`` is None for generated images, whose pixels are kept in ``rgb``.
     """
 
@@ -195,9 +195,9 @@ def split_samples(samples: list[Sample], *, limit: int | None, pool_size: int, s
     """Split samples into evaluated images and a disjoint few-shot pool, seeded.
 
     The samples are shuffled once with ``seed``. The pool is taken from the
-    end of that order and the evaluated images from its start, so with a
+    end of that order and the evaluated images from its start. So with a
     ``limit`` the same images are evaluated whether or not a pool is
-    reserved; that keeps zero-shot and few-shot runs comparable image by
+    reserved, and zero-shot and few-shot runs stay comparable image by
     image. ``limit=None`` evaluates every sample outside the pool.
     """
     rng = np.random.default_rng(seed)

@@ -62,7 +62,7 @@ class ExperimentSettings:
 
 @dataclass
 class ExperimentResult:
-    """What a run produced: per-trial rows, per-image aggregates and metrics."""
+    """Output of a run: per-trial rows, per-image aggregates and metrics."""
 
     predictions: pd.DataFrame
     trial_predictions: pd.DataFrame

@@ -80,7 +80,7 @@ def error_bars_figure(summary: pd.DataFrame) -> plt.Figure:
 
 
 def scatter_grid(panels: list[tuple[str, np.ndarray, np.ndarray]]) -> plt.Figure:
-    """A grid of scatter plots, one per ``(title, counts_true, counts_pred)`` panel."""
+    """Plot a grid of scatter plots, one per ``(title, counts_true, counts_pred)`` panel."""
     n = max(1, len(panels))
     columns = min(3, n)
     rows = int(np.ceil(n / columns))

@@ -114,10 +114,10 @@ def select_examples(pool_counts: list[int], shots: int, strategy: str, seed: int
     shots : int
         Number of examples; 0 returns an empty list.
     strategy : {"cover", "random"}
-        ``cover`` spans the range of counts: the first examples have the counts
-        closest to 0 and 1, and the rest those closest to quantiles between the
-        median and the 95th percentile of the pool's counts (the 90th for a
-        single one), so a 3-shot prompt shows zero, one and many ecDNA. ``random`` draws uniformly.
+        ``cover`` spans the range of counts. The first examples have the counts
+        closest to 0 and 1. The others have the counts closest to quantiles
+        between the median and the 95th percentile of the pool's counts (the
+        90th for a single one). So a 3-shot prompt shows zero, one and many ecDNA. ``random`` draws uniformly.
     seed : int
         Seed for drawing and for breaking ties between equal counts.
 
