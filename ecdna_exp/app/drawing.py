@@ -1,0 +1,76 @@
+"""Pictures shown in the app: label-map overlays and detection markers on a patch."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ecdna_exp.ground_truth import BACKGROUND, CLASS_COLOURS
+
+#: Overlays are enlarged by whole factors until their short side reaches this many pixels.
+MIN_DISPLAY_SIDE = 512
+MARKER_COLOUR = (255, 200, 0)
+
+
+def display_scale(shape: tuple[int, ...]) -> int:
+    """Return the whole enlargement factor for an image of ``shape`` (rows, columns, ...)."""
+    return max(1, MIN_DISPLAY_SIDE // max(1, min(shape[0], shape[1])))
+
+
+def label_overlay(rgb: np.ndarray, label_map: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Blend the ecSeg class colours of a label map over an image.
+
+    Background pixels keep the image; nucleus, chromosome and ecDNA pixels
+    are mixed with their class colour (:data:`ecdna_exp.ground_truth.CLASS_COLOURS`).
+
+    Parameters
+    ----------
+    rgb : np.ndarray
+        ``(H, W, 3)`` uint8 image.
+    label_map : np.ndarray
+        ``(H, W)`` uint8 class indices 0-3 of the same size.
+    alpha : float
+        Weight of the class colour, 0-1.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W, 3)`` uint8 overlay.
+    """
+    if label_map.shape != rgb.shape[:2]:
+        raise ValueError(f"label map of shape {label_map.shape} does not fit an image of shape {rgb.shape[:2]}")
+    overlay = rgb.astype(float)
+    for class_index, colour in CLASS_COLOURS.items():
+        if class_index == BACKGROUND:
+            continue
+        mask = label_map == class_index
+        overlay[mask] = (1 - alpha) * overlay[mask] + alpha * np.asarray(colour, dtype=float)
+    return np.clip(np.rint(overlay), 0, 255).astype(np.uint8)
+
+
+def draw_detections(rgb: np.ndarray, centroids: np.ndarray, radius: float = 4.0) -> np.ndarray:
+    """Draw a circle around each detection, on a copy enlarged by :func:`display_scale`.
+
+    Parameters
+    ----------
+    rgb : np.ndarray
+        ``(H, W, 3)`` uint8 image.
+    centroids : np.ndarray
+        ``(N, 2)`` float (row, column) positions in pixels of ``rgb``.
+    radius : float
+        Circle radius in pixels of ``rgb``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(s*H, s*W, 3)`` uint8 image, where ``s`` is the enlargement factor.
+    """
+    scale = display_scale(rgb.shape)
+    image = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(image)
+    r = radius * scale
+    for row, col in np.asarray(centroids, dtype=float).reshape(-1, 2):
+        # Pixel centres sit half a pixel in from the corners of the enlarged grid.
+        y, x = (row + 0.5) * scale, (col + 0.5) * scale
+        draw.ellipse((x - r, y - r, x + r, y + r), outline=MARKER_COLOUR, width=max(1, scale))
+    return np.asarray(image)
