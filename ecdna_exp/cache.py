@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ecdna_exp.models.base import GenerationSettings, Message
+from ecdna_exp.models.base import GenerationSettings, Message, Response
 
 
 def _jsonable_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -67,32 +67,38 @@ class AnswerCache:
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute(
                 "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer_text TEXT NOT NULL,"
-                " latency_s REAL NOT NULL, created TEXT DEFAULT CURRENT_TIMESTAMP)"
+                " latency_s REAL NOT NULL, points TEXT, created TEXT DEFAULT CURRENT_TIMESTAMP)"
             )
             self._connection.commit()
 
-    def get(self, key: str) -> tuple[str, float] | None:
-        """Return ``(answer_text, latency_s)`` stored under ``key``, or None."""
+    def get(self, key: str) -> Response | None:
+        """Return the response stored under ``key``, or None."""
         if self._connection is None:
             self.misses += 1
             return None
         with self._lock:
             row = self._connection.execute(
-                "SELECT answer_text, latency_s FROM answers WHERE key = ?", (key,)
+                "SELECT answer_text, latency_s, points FROM answers WHERE key = ?", (key,)
             ).fetchone()
         if row is None:
             self.misses += 1
             return None
         self.hits += 1
-        return row[0], float(row[1])
+        points = np.asarray(json.loads(row[2]), dtype=float).reshape(-1, 2) if row[2] is not None else None
+        return Response(answer_text=row[0], latency_s=float(row[1]), points=points)
 
-    def put_many(self, entries: list[tuple[str, str, float]]) -> None:
-        """Store ``(key, answer_text, latency_s)`` entries in one transaction."""
-        if self._connection is None or not entries:
+    def put_many(self, entries: list[tuple[str, Response]]) -> None:
+        """Store ``(key, response)`` pairs in one transaction; responses with an error are skipped."""
+        rows = [
+            (key, r.answer_text, r.latency_s, None if r.points is None else json.dumps(np.round(r.points, 2).tolist()))
+            for key, r in entries
+            if r.ok
+        ]
+        if self._connection is None or not rows:
             return
         with self._lock:
             self._connection.executemany(
-                "INSERT OR REPLACE INTO answers (key, answer_text, latency_s) VALUES (?, ?, ?)", entries
+                "INSERT OR REPLACE INTO answers (key, answer_text, latency_s, points) VALUES (?, ?, ?, ?)", rows
             )
             self._connection.commit()
 

@@ -47,7 +47,8 @@ class Sample:
     """One patch and its ground truth.
 
     ``counts`` contains ``num_nuclei``, ``num_chromosomes`` and ``num_ecDNA``.
-    ``path`` is None for generated images, whose pixels are kept in ``rgb``.
+    ``path`` is None for generated images, whose pixels are kept in ``rgb``
+    and whose label map is kept in ``label_map``.
     """
 
     image_id: str
@@ -55,10 +56,17 @@ class Sample:
     path: Path | None = None
     label_path: Path | None = None
     rgb: np.ndarray | None = field(default=None, repr=False)
+    label_map: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def count_true(self) -> int:
         return self.counts["num_ecDNA"]
+
+    def load_label_map(self) -> np.ndarray | None:
+        """Return the ``(H, W)`` uint8 ground-truth label map, or None when only counts are known."""
+        if self.label_map is not None:
+            return self.label_map
+        return load_label_map(self.label_path) if self.label_path is not None else None
 
     def load_rgb(self, view: str = "rgb") -> np.ndarray:
         """Return the patch as ``(H, W, 3)`` uint8; ``view="dapi"`` gives the grey DAPI channel.
@@ -187,7 +195,7 @@ def load_synthetic(n_images: int, *, seed: int, size: int = 256, style: dict[str
     samples = []
     for index in range(n_images):
         rgb, label_map = generate_patch(seed + index, size, style_obj)
-        samples.append(Sample(f"synthetic-{seed + index:05d}", count_classes(label_map), rgb=rgb))
+        samples.append(Sample(f"synthetic-{seed + index:05d}", count_classes(label_map), rgb=rgb, label_map=label_map))
     return samples
 
 

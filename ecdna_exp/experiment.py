@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ecdna_exp.aggregation import aggregate_trials
 from ecdna_exp.cache import AnswerCache, cache_key
 from ecdna_exp.data import Dataset, Sample
+from ecdna_exp.ground_truth import ECDNA, component_centroids
 from ecdna_exp.imaging import ImageLoadError
 from ecdna_exp.metrics import count_metrics
 from ecdna_exp.models.base import (
@@ -34,13 +35,17 @@ from ecdna_exp.models.base import (
     Response,
 )
 from ecdna_exp.parsing import parse_confidence, parse_count
+from ecdna_exp.points import localisation_row, localisation_scores, parse_points, strip_points
 from ecdna_exp.prompts import PromptSpec, build_opening, continue_conversation, select_examples
+from ecdna_exp.tools import ToolOutput
 
 log = logging.getLogger(__name__)
 
 #: ``parse_status`` of rows that have no answer to parse.
 IMAGE_ERROR = "image_error"
 MODEL_ERROR = "model_error"
+#: ``parse_status`` of a point-then-count answer whose count is the number of positions it listed.
+POINTS = "points"
 
 
 @dataclass
@@ -58,6 +63,8 @@ class ExperimentSettings:
     seed: int = 0
     image_view: str = "rgb"
     bootstrap_resamples: int = 2000
+    #: Largest distance in pixels at which a predicted position matches a true ecDNA.
+    localisation_radius: float = 6.0
 
 
 @dataclass
@@ -82,8 +89,7 @@ def _cached_generate(model: CountingModel, requests: list[Request], cache: Answe
     keys = [cache_key(identity, r.messages, r.settings) for r in requests]
     responses: list[Response | None] = []
     for key in keys:
-        hit = cache.get(key)
-        responses.append(Response(answer_text=hit[0], latency_s=hit[1]) if hit else None)
+        responses.append(cache.get(key))
     missing = [i for i, response in enumerate(responses) if response is None]
     if missing:
         fresh = model.generate([requests[i] for i in missing])
@@ -91,7 +97,7 @@ def _cached_generate(model: CountingModel, requests: list[Request], cache: Answe
             raise RuntimeError(f"model {model.name} returned {len(fresh)} answers for {len(missing)} requests")
         for i, response in zip(missing, fresh):
             responses[i] = response
-        cache.put_many([(keys[i], r.answer_text, r.latency_s) for i, r in zip(missing, fresh) if r.ok])
+        cache.put_many([(keys[i], response) for i, response in zip(missing, fresh)])
     return responses
 
 
@@ -106,7 +112,7 @@ class Experiment:
         settings: ExperimentSettings,
         cache: AnswerCache,
         output_dir: Path,
-        fill_fn=None,
+        tool: Callable[[np.ndarray], ToolOutput] | None = None,
     ):
         self.model = model
         self.dataset = dataset
@@ -114,8 +120,7 @@ class Experiment:
         self.settings = settings
         self.cache = cache
         self.output_dir = Path(output_dir)
-        #: Optional callable ``(sample, rgb) -> dict`` giving extra placeholders and images for tool prompts.
-        self.fill_fn = fill_fn
+        self.tool = tool
         self._partial_path = self.output_dir / "predictions.partial.csv"
 
     def _examples(self) -> tuple[list[str], list[tuple[np.ndarray, int]]]:
@@ -148,6 +153,8 @@ class Experiment:
         settings = self._generation(trial)
         rows: dict[str, dict[str, Any]] = {}
         conversations: dict[str, list[Message]] = {}
+        shapes: dict[str, tuple[int, int]] = {}
+        model_points: dict[str, np.ndarray | None] = {}
         for sample in batch:
             row = {"image_id": sample.image_id, "trial": trial, "count_true": sample.count_true,
                    "answer_text": None, "count_pred": np.nan, "parse_status": None, "confidence": np.nan,
@@ -159,8 +166,12 @@ class Experiment:
                 log.error("image %s failed to load: %s", sample.image_id, error)
                 row.update(parse_status=IMAGE_ERROR, error=str(error))
                 continue
-            fill = self.fill_fn(sample, rgb) if self.fill_fn else {}
-            conversations[sample.image_id] = build_opening(self.prompt, rgb, examples, fill)
+            tool_output = self.tool(rgb) if self.tool else ToolOutput()
+            if tool_output.fill:
+                row.update({f"tool_{k}": v for k, v in tool_output.fill.items()})
+            shapes[sample.image_id] = rgb.shape[:2]
+            fill = {"height": rgb.shape[0], "width": rgb.shape[1], **tool_output.fill}
+            conversations[sample.image_id] = build_opening(self.prompt, rgb, examples, fill, tool_output.images)
 
         for step, turn in enumerate(self.prompt.turns):
             if step > 0:
@@ -184,22 +195,40 @@ class Experiment:
                 if self.prompt.multi_turn:
                     row[f"step{step + 1}_answer"] = response.answer_text
                 row["answer_text"] = response.answer_text
+                model_points[image_id] = response.points
 
+        by_id = {sample.image_id: sample for sample in batch}
         for image_id in conversations:
             row = rows[image_id]
-            parsed = parse_count(row["answer_text"])
+            answer_text = strip_points(row["answer_text"]) if self.prompt.points else row["answer_text"]
+            parsed = parse_count(answer_text)
             row.update(count_pred=parsed.value if parsed.value is not None else np.nan,
                        parse_status=str(parsed.status))
             confidence = parse_confidence(row["answer_text"])
             row["confidence"] = confidence if confidence is not None else np.nan
+            self._score_points(row, by_id[image_id], shapes[image_id], model_points.get(image_id))
         return list(rows.values())
+
+    def _score_points(self, row: dict[str, Any], sample: Sample, shape, points: np.ndarray | None) -> None:
+        """Add the positions a model gave and, where a label map exists, their localisation counts."""
+        if points is None and self.prompt.points:
+            points = parse_points(row["answer_text"], shape, self.prompt.points)
+            if not np.isfinite(row["count_pred"]) and len(points):
+                row.update(count_pred=float(len(points)), parse_status=POINTS)
+        if points is None:
+            return
+        row["n_points"] = len(points)
+        label_map = sample.load_label_map()
+        if label_map is not None and label_map.shape == tuple(shape):
+            centroids_true = component_centroids(label_map == ECDNA)
+            row.update(localisation_row(points, centroids_true, self.settings.localisation_radius))
 
     def run(self) -> ExperimentResult:
         """Answer every evaluated image in every trial and score the answers."""
         s = self.settings
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._partial_path.unlink(missing_ok=True)
-        images_per_request = s.shots + 1
+        images_per_request = s.shots + 1 + (1 if self.tool else 0)
         limit = self.model.max_images_per_request
         if limit is not None and images_per_request > limit:
             raise ModelConfigError(
@@ -230,5 +259,8 @@ class Experiment:
         for _, frame in trial_predictions.groupby("trial", sort=True):
             trial_metrics.append(count_metrics(frame["count_true"].to_numpy(), frame["count_pred"].to_numpy(),
                                                n_resamples=s.bootstrap_resamples, seed=s.seed))
+        if "loc_tp" in trial_predictions:
+            totals = trial_predictions[["loc_tp", "loc_fp", "loc_fn"]].fillna(0).sum()
+            metrics.update(localisation_scores(int(totals["loc_tp"]), int(totals["loc_fp"]), int(totals["loc_fn"])))
         return ExperimentResult(predictions, trial_predictions, metrics, trial_metrics, example_ids,
                                 generation=self._generation(0).to_dict())

@@ -9,6 +9,13 @@ A prompt config (``conf/prompt/*.yaml``) has:
     first turn; each later turn is sent after the model's answer to the
     previous one. A single-turn prompt asks for the count directly; the
     multi-layer prompt describes, locates, then validates and answers.
+``tool``
+    Optional name of a tool whose output is shown with the query image
+    (``segmenter``: its overlay as a second image and ``{candidate_count}``
+    in the turns); see :mod:`ecdna_exp.tools`.
+``points``
+    For point-then-count prompts, the scale of the positions the model is
+    asked for (``pixels`` or ``per_mille``); they are scored for localisation.
 ``example_question`` / ``example_answer``
     The user text and the assistant reply (``{count}`` is replaced by the true
     count) of each few-shot example. Examples are earlier user/assistant turns
@@ -36,6 +43,8 @@ class PromptSpec:
     system: str | None = None
     example_question: str | None = None
     example_answer: str = "{count}"
+    tool: str | None = None
+    points: str | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> PromptSpec:
@@ -48,6 +57,8 @@ class PromptSpec:
             system=cfg.get("system"),
             example_question=cfg.get("example_question"),
             example_answer=cfg.get("example_answer", "{count}"),
+            tool=cfg.get("tool"),
+            points=cfg.get("points"),
         )
 
     @property
@@ -55,10 +66,8 @@ class PromptSpec:
         return len(self.turns) > 1
 
 
-def _user(text: str, image: np.ndarray | None = None) -> Message:
-    content: list[dict[str, Any]] = []
-    if image is not None:
-        content.append({"type": "image", "image": image})
+def _user(text: str, *images: np.ndarray) -> Message:
+    content: list[dict[str, Any]] = [{"type": "image", "image": image} for image in images]
     content.append({"type": "text", "text": text})
     return {"role": "user", "content": content}
 
@@ -72,6 +81,7 @@ def build_opening(
     image: np.ndarray,
     examples: list[tuple[np.ndarray, int]] = (),
     fill: dict[str, Any] | None = None,
+    extra_images: list[np.ndarray] = (),
 ) -> list[Message]:
     """Build the messages up to the first question about ``image``.
 
@@ -85,6 +95,8 @@ def build_opening(
         Few-shot examples, each an ``(H, W, 3)`` uint8 image and its true ecDNA count.
     fill : dict, optional
         Values for ``{placeholders}`` in the turns, such as a tool's candidate count.
+    extra_images : list of np.ndarray
+        Images sent after the query image in the same turn, such as a tool's overlay.
     """
     fill = fill or {}
     messages: list[Message] = []
@@ -94,7 +106,7 @@ def build_opening(
     for example_image, example_count in examples:
         messages.append(_user(example_question.format(**fill), example_image))
         messages.append(_assistant(spec.example_answer.format(count=example_count)))
-    messages.append(_user(spec.turns[0].format(**fill), image))
+    messages.append(_user(spec.turns[0].format(**fill), image, *extra_images))
     return messages
 
 

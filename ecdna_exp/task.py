@@ -24,6 +24,7 @@ from ecdna_exp.data import load_dataset
 from ecdna_exp.experiment import Experiment, ExperimentSettings
 from ecdna_exp.models import build_model
 from ecdna_exp.prompts import PromptSpec
+from ecdna_exp.tools import make_tool
 from ecdna_exp.sweep import read_parent_run_id
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def settings_from_config(cfg: DictConfig) -> ExperimentSettings:
         seed=int(cfg.seed),
         image_view=str(cfg.dataset.view),
         bootstrap_resamples=int(cfg.metrics.bootstrap_resamples),
+        localisation_radius=float(cfg.metrics.localisation_radius),
     )
 
 
@@ -66,8 +68,9 @@ def run_job(cfg: DictConfig, *, run_name: str, parent_run_id: str | None, output
         tracking.log_dataset(dataset)
         model = build_model(cfg.model)
         try:
-            experiment = Experiment(model, dataset, PromptSpec.from_config(cfg.prompt),
-                                    settings_from_config(cfg), cache, output_dir)
+            prompt = PromptSpec.from_config(cfg.prompt)
+            experiment = Experiment(model, dataset, prompt, settings_from_config(cfg), cache, output_dir,
+                                    tool=make_tool(prompt.tool))
             result = experiment.run()
         finally:
             model.close()

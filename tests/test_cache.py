@@ -1,7 +1,7 @@
 import numpy as np
 
 from ecdna_exp.cache import AnswerCache, cache_key
-from ecdna_exp.models.base import GenerationSettings
+from ecdna_exp.models.base import GenerationSettings, Response
 from ecdna_exp.prompts import PromptSpec, build_opening
 
 SPEC = PromptSpec(name="test", turns=("How many ecDNA?",))
@@ -26,16 +26,21 @@ def test_key_changes_with_every_input():
 def test_answers_survive_reopening(tmp_path):
     path = tmp_path / "answers.sqlite"
     cache = AnswerCache(path)
-    cache.put_many([("k1", "12", 0.5), ("k2", "none seen", 0.25)])
+    points = np.array([[1.25, 2.5], [10.0, 3.0]])
+    cache.put_many([("k1", Response("12", 0.5)), ("k2", Response("none seen", 0.25, points=points)),
+                    ("k3", Response(None, 0.1, error="timed out"))])
     cache.close()
     reopened = AnswerCache(path)
-    assert reopened.get("k1") == ("12", 0.5)
-    assert reopened.get("k2") == ("none seen", 0.25)
+    first = reopened.get("k1")
+    assert (first.answer_text, first.latency_s, first.points) == ("12", 0.5, None)
+    second = reopened.get("k2")
+    assert second.answer_text == "none seen"
+    np.testing.assert_array_equal(second.points, points)
     assert reopened.get("k3") is None
     assert (reopened.hits, reopened.misses) == (2, 1)
 
 
 def test_disabled_cache_stores_nothing():
     cache = AnswerCache(None)
-    cache.put_many([("k", "1", 0.1)])
+    cache.put_many([("k", Response("1", 0.1))])
     assert cache.get("k") is None

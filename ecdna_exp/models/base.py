@@ -85,6 +85,10 @@ class Response:
     answer_text: str | None
     latency_s: float = 0.0
     error: str | None = None
+    #: ``(N, 2)`` float (row, column) positions of the objects counted, in
+    #: pixels of the query image, from models that localise (classical
+    #: counter, segmenter); None for models that answer in text only.
+    points: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:

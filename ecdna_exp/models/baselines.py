@@ -124,7 +124,8 @@ class ClassicalCounter(CountingModel):
             start = time.perf_counter()
             centroids = detect_ecdna(dapi_channel(request.query_image()), **self.rules)
             self.last_centroids[request.image_id] = centroids
-            responses.append(Response(answer_text=str(len(centroids)), latency_s=time.perf_counter() - start))
+            responses.append(Response(answer_text=str(len(centroids)), latency_s=time.perf_counter() - start,
+                                      points=centroids))
         return responses
 
     def describe(self) -> dict:
