@@ -92,7 +92,7 @@ def upload_and_ask(page, url: str, image_path: Path) -> str:
 
 
 def open_worst_prediction(page, url: str, run_label: str) -> str:
-    """Open a run on the Browse tab, select the first row of its predictions, and return the selection text."""
+    """Open a run on the Browse tab, select the first predictions row, and return the selection text."""
     page.goto(url)
     page.get_by_role("tab", name="Browse a run").click()
     choose_option(page, "run-run", run_label)
@@ -124,7 +124,7 @@ def save_screenshots(out_dir: Path, dataset_root: Path, tracking_dir: Path) -> N
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = AppSettings(dataset_root=dataset_root, tracking_dir=tracking_dir)
     with running_app(settings) as url, chromium_page() as page:
-        upload_and_ask(page, url, dataset_root / "images" / "1026.tif")
+        upload_and_ask(page, url, dataset_root / "images" / "1790.tif")
         page.screenshot(path=str(out_dir / "inspect.png"), full_page=True)
         open_worst_prediction(page, url, run_label)
         page.screenshot(path=str(out_dir / "run.png"), full_page=True)
@@ -133,7 +133,8 @@ def save_screenshots(out_dir: Path, dataset_root: Path, tracking_dir: Path) -> N
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Save screenshots of the Inspect and Browse tabs.")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "screenshots")
-    parser.add_argument("--dataset-root", type=Path, default=REPO_ROOT / ".." / "shared" / "data" / "ecseg_sample")
+    parser.add_argument("--dataset-root", type=Path,
+                        default=REPO_ROOT / ".." / "shared" / "data" / "ecseg_sample")
     parser.add_argument("--tracking-dir", type=Path, required=True,
                         help="MLflow store to show; a baseline sweep is run into it when it has none")
     arguments = parser.parse_args()

@@ -185,8 +185,8 @@ def _ask(index, settings, cache, image_id="1026", **options):
     sample = index.samples[image_id]
     arguments = {"model_name": "classical", "prompt_name": "baseline", "shots": 0, "temperature": 0.0,
                  "view": "rgb", **options}
-    return list(ask_model(ImageChoice(image_id, sample.path, sample), settings=settings, index=index, cache=cache,
-                          **arguments))
+    choice = ImageChoice(image_id, sample.path, sample)
+    return list(ask_model(choice, settings=settings, index=index, cache=cache, **arguments))
 
 
 def test_ask_classical_multilayer_keeps_steps(index, settings, cache, sample_dir):
@@ -241,8 +241,8 @@ def test_ask_server_failure_is_a_message(index, settings, cache):
 
 def test_sort_by_error_puts_unparsed_last():
     predictions = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "count_true": [3, 10, 4, 0],
-                                "count_pred": [4.0, np.nan, 0.0, 0.0], "parse_status": ["exact", "none", "exact",
-                                                                                         "exact"]})
+                                "count_pred": [4.0, np.nan, 0.0, 0.0],
+                                "parse_status": ["exact", "none", "exact", "exact"]})
     ordered = sort_by_error(predictions)
     assert list(ordered["image_id"]) == ["c", "a", "d", "b"]
     assert list(ordered.columns[:4]) == ["image_id", "count_true", "count_pred", "abs_error"]
@@ -263,7 +263,8 @@ def test_synthetic_run_image_is_drawn_again():
 def test_missing_run_image_is_a_message(settings):
     predictions = sort_by_error(pd.DataFrame({"image_id": ["999"], "count_true": [2], "count_pred": [5.0],
                                               "parse_status": ["exact"], "answer_text": ["5"]}))
-    view = RunView("run", "old run", pd.DataFrame(), predictions=predictions, image_paths={"999": "/gone/999.tif"})
+    view = RunView("run", "old run", pd.DataFrame(), predictions=predictions,
+                   image_paths={"999": "/gone/999.tif"})
     rgb, text = select_prediction(view, "999", settings)
     assert rgb is None
     assert "true count 2, predicted 5, |error| 3" in text
@@ -281,7 +282,8 @@ def test_run_view_sorts_worst_first(baseline_sweep, settings, sample_dir):
     errors = (view.predictions["count_pred"] - view.predictions["count_true"]).abs()
     assert len(view.predictions) == 12
     assert list(view.predictions["abs_error"]) == sorted(errors, reverse=True)
-    assert dict(zip(view.metrics["metric"], view.metrics["value"]))["mae"] == pytest.approx(errors.mean(), rel=1e-3)
+    metrics = dict(zip(view.metrics["metric"], view.metrics["value"], strict=True))
+    assert metrics["mae"] == pytest.approx(errors.mean(), rel=1e-3)
     assert view.scatter.ndim == 3
 
     worst = view.predictions.iloc[0]
@@ -321,7 +323,8 @@ def test_browser_upload_and_ask_classical(sample_dir, tmp_path):
 def test_browser_run_shows_worst_image(baseline_sweep, sample_dir, tmp_path):
     store = RunStore(baseline_sweep)
     (_, experiment_id), = store.experiments()
-    label, run_id = next((label, run_id) for label, run_id in store.runs(experiment_id) if "model=classical" in label)
+    label, run_id = next((label, run_id) for label, run_id in store.runs(experiment_id)
+                         if "model=classical" in label)
     predictions = pd.read_csv(store.client.download_artifacts(run_id, "predictions.csv", str(tmp_path)),
                               dtype={"image_id": str})
     errors = (predictions["count_pred"] - predictions["count_true"]).abs()

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     if dataset_root is None and DEFAULT_DATASET_ROOT.is_dir():
         dataset_root = DEFAULT_DATASET_ROOT
     if dataset_root is not None and not dataset_root.is_dir():
-        raise SystemExit(f"dataset folder not found: {dataset_root}")
+        raise SystemExit(f"dataset folder not found: {dataset_root}; "
+                         "pass an existing folder to --dataset-root")
     settings = AppSettings(dataset_root=dataset_root, tracking_dir=args.tracking_dir,
                            checkpoint_dir=args.checkpoint_dir)
     cache = ModelCache()

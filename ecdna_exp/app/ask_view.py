@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 class AskState:
     """What the Ask section shows at one moment of a request.
 
-    ``step_answers`` holds the answer text of each finished turn. ``count``
+    ``step_answers`` contains the answer text of each finished turn. ``count``
     and ``parse_status`` come from :func:`ecdna_exp.parsing.parse_count` on
-    the last answer once ``done`` is True; ``count`` is None when the answer
+    the last answer once ``done`` is True. ``count`` is None when the answer
     has no count. ``error`` is set when the request failed.
     """
 
@@ -75,8 +75,9 @@ def ask_model(
     as ``python -m ecdna_exp model=... prompt=... shots=... temperature=...``,
     followed by ``overrides`` such as ``model.base_url=http://127.0.0.1:9000/v1``.
     The request uses the sampling seed of trial 0 of a run with the config's
-    ``seed``. The last state yielded has ``done`` or ``error`` set; failures
-    never raise.
+    ``seed``. The last state yielded has ``done`` or ``error`` set: invalid
+    options, unreadable images and failed model requests come back as a
+    state with ``error``, not as exceptions.
     """
     choices = [f"model={model_name}", f"prompt={prompt_name}", f"shots={int(shots)}",
                f"temperature={float(temperature)}", f"dataset.view={view}"]
@@ -90,7 +91,8 @@ def ask_model(
         limit = model.max_images_per_request
         if limit is not None and shots + 1 > limit:
             raise ConfigError(f"model {model_name} accepts at most {limit} images per request; lower shots")
-        example_ids, examples = _examples(index, choice.image_id, int(shots), cfg.shot_strategy, int(cfg.seed), view)
+        example_ids, examples = _examples(index, choice.image_id, int(shots), cfg.shot_strategy,
+                                          int(cfg.seed), view)
         rgb = load_image(choice.path)
         messages = build_opening(spec, rgb if view == "rgb" else dapi_view(rgb), examples)
     except (ConfigError, HydraException, ModelConfigError, ImageLoadError, ValueError, KeyError, OSError,
@@ -125,9 +127,9 @@ def ask_model(
         answers.append(response.answer_text)
 
     parsed = parse_count(answers[-1])
-    yield replace(state, status=f"Done: {model_name} answered {len(answers)} turn(s).", step_answers=tuple(answers),
-                  count=parsed.value, parse_status=str(parsed.status), confidence=parse_confidence(answers[-1]),
-                  done=True)
+    yield replace(state, status=f"Done: {model_name} answered {len(answers)} turn(s).",
+                  step_answers=tuple(answers), count=parsed.value, parse_status=str(parsed.status),
+                  confidence=parse_confidence(answers[-1]), done=True)
 
 
 def steps_markdown(state: AskState) -> str:
@@ -150,7 +152,9 @@ def _outputs(state: AskState) -> tuple:
     return (status, state.count, state.parse_status or "", state.confidence, answer, steps_markdown(state))
 
 
-def build_ask_section(settings: AppSettings, index: DatasetIndex, cache: ModelCache, choice_state: gr.State) -> None:
+def build_ask_section(
+    settings: AppSettings, index: DatasetIndex, cache: ModelCache, choice_state: gr.State
+) -> None:
     """Lay out the model and prompt choice, the Ask button and the answer fields."""
     gr.Markdown("### Ask a model about this image")
     models, prompts = config_names("model"), config_names("prompt")
@@ -184,9 +188,9 @@ def build_ask_section(settings: AppSettings, index: DatasetIndex, cache: ModelCa
         except ValueError as error:
             yield _outputs(AskState(f"**Error:** invalid overrides: {error}", error=str(error)))
             return
-        for state in ask_model(choice, model_name=model_value, prompt_name=prompt_value, shots=int(shots_value),
-                               temperature=float(temperature_value), view=view_value, settings=settings,
-                               index=index, cache=cache, overrides=overrides):
+        for state in ask_model(choice, model_name=model_value, prompt_name=prompt_value,
+                               shots=int(shots_value), temperature=float(temperature_value), view=view_value,
+                               settings=settings, index=index, cache=cache, overrides=overrides):
             if state.error:
                 gr.Warning(state.error)
             elif not state.done:

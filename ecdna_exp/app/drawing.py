@@ -7,7 +7,8 @@ from PIL import Image, ImageDraw
 
 from ecdna_exp.ground_truth import BACKGROUND, CLASS_COLOURS
 
-#: Overlays are enlarged by whole factors until their short side reaches this many pixels.
+#: Pictures with detection markers are enlarged by a whole factor until their short side
+#: reaches this many pixels, so markers stay sharp.
 MIN_DISPLAY_SIDE = 512
 MARKER_COLOUR = (255, 200, 0)
 
@@ -38,7 +39,8 @@ def label_overlay(rgb: np.ndarray, label_map: np.ndarray, alpha: float = 0.55) -
         ``(H, W, 3)`` uint8 overlay.
     """
     if label_map.shape != rgb.shape[:2]:
-        raise ValueError(f"label map of shape {label_map.shape} does not fit an image of shape {rgb.shape[:2]}")
+        raise ValueError(f"label map of shape {label_map.shape} does not fit an image of shape "
+                         f"{rgb.shape[:2]}")
     overlay = rgb.astype(float)
     for class_index, colour in CLASS_COLOURS.items():
         if class_index == BACKGROUND:

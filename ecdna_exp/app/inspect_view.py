@@ -33,7 +33,7 @@ class Inspection:
     """Everything the Inspect tab shows for one image.
 
     ``rgb`` and ``dapi`` are ``(H, W, 3)`` uint8. ``overlay`` is the label map
-    blended over ``rgb``, or None without a label map. ``counts_true`` holds
+    blended over ``rgb``, or None without a label map. ``counts_true`` contains
     ``num_nuclei``, ``num_chromosomes`` and ``num_ecDNA``, or is None without
     ground truth. ``centroids`` are the classical counter's ``(N, 2)``
     (row, column) detections in pixels, drawn on ``detections``.
@@ -87,7 +87,8 @@ def inspect_image(choice: ImageChoice, cache: ModelCache, settings: AppSettings)
     """
     rgb = imaging.load_image(choice.path)
     centroids = detect_classical(cache, settings, choice.image_id, rgb)
-    inspection = Inspection(choice.image_id, rgb, imaging.dapi_view(rgb), draw_detections(rgb, centroids), centroids)
+    inspection = Inspection(choice.image_id, rgb, imaging.dapi_view(rgb), draw_detections(rgb, centroids),
+                            centroids)
 
     sample = choice.sample
     if sample is None:
@@ -133,14 +134,17 @@ def show_choice(choice: ImageChoice | None, cache: ModelCache, settings: AppSett
         log.exception("inspecting %s failed", choice.path)
         gr.Warning(f"inspecting {choice.image_id} failed: {error}")
         return (*empty, f"**Error:** inspecting {choice.image_id} failed: {error}", "")
-    status = " ".join([f"**{inspection.image_id}**, {inspection.rgb.shape[1]} x {inspection.rgb.shape[0]} pixels.",
-                       *inspection.notes])
+    height, width = inspection.rgb.shape[:2]
+    status = " ".join([f"**{inspection.image_id}**, {width} x {height} pixels.", *inspection.notes])
     return (inspection.rgb, inspection.dapi, inspection.overlay, inspection.detections,
             status, counts_markdown(inspection))
 
 
 def build_inspect_section(settings: AppSettings, index: DatasetIndex, cache: ModelCache) -> gr.State:
-    """Lay out the image choice and the four views; return the state that holds the current :class:`ImageChoice`."""
+    """Lay out the image choice and the four views.
+
+    Returns the state that contains the current :class:`ImageChoice`, for the Ask section.
+    """
     choice_state = gr.State(None)
     image_ids = list(index.samples)
     with gr.Row():

@@ -38,7 +38,7 @@ def launch_app(demo: gr.Blocks, *, host: str = "127.0.0.1", port: int = 7860, bl
 
     With ``block=False`` the server runs in a background thread until ``demo.close()``.
     """
-    _, local_url, _ = demo.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
-                                  quiet=True, ssr_mode=False, mcp_server=False, theme=THEME,
-                                  footer_links=["api", "settings"])
+    _, local_url, _ = demo.launch(server_name=host, server_port=port, share=False,
+                                  prevent_thread_lock=not block, quiet=True, ssr_mode=False, mcp_server=False,
+                                  theme=THEME, footer_links=["api", "settings"])
     return local_url

@@ -27,7 +27,7 @@ _SYNTHETIC_ID = re.compile(r"synthetic-(\d+)$")
 
 
 class RunReadError(ValueError):
-    """A store, run or artifact that cannot be shown; the message says what to do."""
+    """A store, run or artifact that cannot be shown. The message names the next step."""
 
 
 @dataclass
@@ -100,7 +100,8 @@ class RunStore:
 
         A label reads ``2026-12-04 20:22 <run name> (FINISHED, MAE 3.00)``.
         """
-        runs = self.client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=5000)
+        runs = self.client.search_runs([experiment_id], order_by=["attributes.start_time DESC"],
+                                       max_results=5000)
         choices = []
         for run in runs:
             started = datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
@@ -124,13 +125,17 @@ class RunStore:
         Raises
         ------
         RunReadError
-            If the store or the run cannot be read.
+            If there is no store under the directory.
+        mlflow.exceptions.MlflowException
+            If the run is not found or its artifacts cannot be read.
         """
         run = self.client.get_run(run_id)
         names = sorted(run.data.metrics, key=lambda name: (
             MAIN_METRICS.index(name) if name in MAIN_METRICS else len(MAIN_METRICS), name))
-        metrics = pd.DataFrame({"metric": names, "value": [float(f"{run.data.metrics[n]:.4g}") for n in names]})
-        view = RunView(run_id, run.info.run_name or run_id, metrics, source=run.data.tags.get("dataset.source"))
+        values = [float(f"{run.data.metrics[name]:.4g}") for name in names]
+        metrics = pd.DataFrame({"metric": names, "value": values})
+        view = RunView(run_id, run.info.run_name or run_id, metrics,
+                       source=run.data.tags.get("dataset.source"))
 
         scatter_path = self._artifact(run_id, "scatter.png") or self._artifact(run_id, "scatter_grid.png")
         if scatter_path is not None:
@@ -152,7 +157,7 @@ class RunStore:
         dataset_path = self._artifact(run_id, "dataset.csv")
         if dataset_path is not None:
             dataset = pd.read_csv(dataset_path, dtype={"image_id": str, "path": str}, keep_default_na=False)
-            view.image_paths = dict(zip(dataset["image_id"], dataset["path"]))
+            view.image_paths = dict(zip(dataset["image_id"], dataset["path"], strict=True))
         return view
 
 

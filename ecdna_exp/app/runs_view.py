@@ -42,7 +42,9 @@ def selection_markdown(row: pd.Series) -> str:
     return "\n\n".join(lines)
 
 
-def select_prediction(view: RunView | None, image_id: str, settings: AppSettings) -> tuple[np.ndarray | None, str]:
+def select_prediction(
+    view: RunView | None, image_id: str, settings: AppSettings
+) -> tuple[np.ndarray | None, str]:
     """Return the image and the description of the prediction for ``image_id`` in a loaded run."""
     if view is None or view.predictions is None:
         return None, "Pick a run with predictions first."

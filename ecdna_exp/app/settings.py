@@ -1,4 +1,4 @@
-"""What the app reads: config names, composed configs, the dataset folder and built models."""
+"""Config names, composed configs, the dataset folder and built models, as the app reads them."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class AppSettings:
 
 
 def config_names(group: str) -> list[str]:
-    """Return the sorted option names of a config group, e.g. ``["classical", "constant", ...]`` for ``model``."""
+    """Return the sorted option names of a config group, e.g. ``["classical", "constant", ...]``."""
     return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
 
 
@@ -114,9 +114,8 @@ class DatasetIndex:
 class ModelCache:
     """Built models kept between requests, keyed by their resolved model config.
 
-    At most ``max_models`` stay loaded; the least recently used one is
-    closed when another is built, so two large VLMs never sit in memory
-    beside a third.
+    At most ``max_models`` stay loaded. Building another one first closes the
+    least recently used, which bounds the memory that large VLMs take.
     """
 
     def __init__(self, max_models: int = 2):
