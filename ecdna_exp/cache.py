@@ -3,7 +3,8 @@
 The key covers everything that decides an answer: the model's identity
 (checkpoint, revision, dtype, pixel budget, as returned by
 ``CountingModel.describe()``), the rendered conversation with a digest of each
-image's pixels, and the generation settings including the trial seed. Each
+image's pixels, and the generation settings including the trial seed (left out for greedy
+decoding, which does not use it). Each
 answer is committed as soon as its batch finishes, so a sweep killed at any
 point keeps every finished answer and recomputes none on restart. Backend
 failures are not stored, so they are retried on the next run.
@@ -40,10 +41,14 @@ def _jsonable_messages(messages: list[Message]) -> list[dict[str, Any]]:
 
 def cache_key(model_identity: dict[str, Any], messages: list[Message], settings: GenerationSettings) -> str:
     """Return the hex SHA-256 key of one request's answer."""
+    settings_key = settings.to_dict()
+    if settings.greedy:
+        # Greedy decoding ignores the seed, so repeated greedy trials share one answer.
+        settings_key.pop("seed")
     payload = {
         "model": model_identity,
         "messages": _jsonable_messages(messages),
-        "settings": settings.to_dict(),
+        "settings": settings_key,
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -122,7 +123,10 @@ def log_dataset(dataset: Dataset) -> None:
     try:
         # MLflow resolves only known source schemes, so generated data is logged without a source.
         source = dataset.source if Path(dataset.source).exists() else None
-        entry = mlflow.data.from_pandas(frame, source=source, name=dataset.name, digest=dataset.digest)
+        with warnings.catch_warnings():
+            # MLflow warns about integer columns and ambiguous local sources; neither applies to a count table.
+            warnings.simplefilter("ignore", UserWarning)
+            entry = mlflow.data.from_pandas(frame, source=source, name=dataset.name, digest=dataset.digest)
         mlflow.log_input(entry, context="evaluation")
     except Exception as error:  # noqa: BLE001 - the dataset entry is optional; the CSV above has the data.
         log.warning("could not log dataset %s as an MLflow input: %s", dataset.name, error)

@@ -17,10 +17,15 @@ def test_key_changes_with_every_input():
         cache_key({"checkpoint": "b"}, build_opening(SPEC, image), GenerationSettings()),
         cache_key({"checkpoint": "a"}, build_opening(SPEC, other_image), GenerationSettings()),
         cache_key({"checkpoint": "a"}, build_opening(SPEC, image), GenerationSettings(temperature=0.7)),
-        cache_key({"checkpoint": "a"}, build_opening(SPEC, image), GenerationSettings(seed=1)),
+        cache_key({"checkpoint": "a"}, build_opening(SPEC, image), GenerationSettings(temperature=0.7, seed=1)),
         cache_key({"checkpoint": "a"}, build_opening(PromptSpec("p", ("Count ecDNA.",)), image), GenerationSettings()),
     ]
     assert len({base, *variants}) == 6
+
+
+def test_greedy_key_ignores_seed():
+    messages = build_opening(SPEC, np.zeros((8, 8, 3), dtype=np.uint8))
+    assert cache_key({}, messages, GenerationSettings(seed=1)) == cache_key({}, messages, GenerationSettings(seed=2))
 
 
 def test_answers_survive_reopening(tmp_path):
