@@ -201,6 +201,27 @@ def test_ask_classical_multilayer_keeps_steps(index, settings, cache, sample_dir
     assert steps_markdown(final).count("**Turn") == 3
 
 
+def test_ask_classical_returns_its_detections(index, settings, cache, sample_dir):
+    final = _ask(index, settings, cache, image_id="1790")[-1]
+    rgb = load_image(sample_dir / "images" / "1790.tif")
+    rules = {k: v for k, v in compose_config(settings, ["model=classical"]).model.items()
+             if k not in ("_target_", "name", "batch_size")}
+    assert final.points.shape == (final.count, 2)
+    assert np.allclose(final.points, detect_ecdna(dapi_channel(rgb), **rules))
+
+
+def test_ask_point_count_reads_positions(index, settings, cache):
+    question = compose_config(settings, ["prompt=point_count"]).prompt.turns[0].format(width=256, height=256)
+    reply = "ecDNA at (10, 20), (30.5, 40) and (300, 5).\nCount: 3"
+    with FakeOpenAIServer({question: [CannedReply(answer_text=reply)]}) as server:
+        final = _ask(index, settings, cache, model_name="openai", prompt_name="point_count",
+                     overrides=[f"model.base_url={server.base_url}", "model.max_retries=0"])[-1]
+    assert final.done
+    assert final.count == 3
+    assert final.parse_status == "exact"
+    assert final.points.tolist() == [[20.0, 10.0], [40.0, 30.5]]
+
+
 def test_ask_few_shot_never_shows_the_query(index, settings, cache):
     final = _ask(index, settings, cache, image_id="1790", shots=3)[-1]
     assert final.done

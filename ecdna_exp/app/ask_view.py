@@ -8,8 +8,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import gradio as gr
+import numpy as np
 from hydra.errors import HydraException
 
+from ecdna_exp.app.drawing import draw_detections
 from ecdna_exp.app.inspect_view import ImageChoice
 from ecdna_exp.app.settings import AppSettings, DatasetIndex, ModelCache, compose_config, config_names
 from ecdna_exp.config import ConfigError, validate_config
@@ -18,7 +20,9 @@ from ecdna_exp.experiment import trial_seed
 from ecdna_exp.imaging import ImageLoadError, dapi_view, load_image
 from ecdna_exp.models.base import GenerationSettings, ModelConfigError, Request
 from ecdna_exp.parsing import parse_confidence, parse_count
+from ecdna_exp.points import parse_points, strip_points
 from ecdna_exp.prompts import PromptSpec, build_opening, continue_conversation, select_examples
+from ecdna_exp.tools import ToolOutput
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +34,15 @@ class AskState:
     ``step_answers`` contains the answer text of each finished turn. ``count``
     and ``parse_status`` come from :func:`ecdna_exp.parsing.parse_count` on
     the last answer once ``done`` is True. ``count`` is None when the answer
-    has no count. ``error`` is set when the request failed.
+    has no count. ``points`` are the ``(N, 2)`` (row, column) positions in
+    pixels that the model gave, from a localising model or read from a
+    point-then-count answer, or None. ``error`` is set when the request failed.
     """
 
     status: str
     turns: tuple[str, ...] = ()
     step_answers: tuple[str, ...] = ()
+    points: np.ndarray | None = None
     count: float | None = None
     parse_status: str | None = None
     confidence: float | None = None
@@ -94,7 +101,10 @@ def ask_model(
         example_ids, examples = _examples(index, choice.image_id, int(shots), cfg.shot_strategy,
                                           int(cfg.seed), view)
         rgb = load_image(choice.path)
-        messages = build_opening(spec, rgb if view == "rgb" else dapi_view(rgb), examples)
+        query = rgb if view == "rgb" else dapi_view(rgb)
+        tool_output = cache.tool(spec.tool)(query) if spec.tool else ToolOutput()
+        fill = {"height": query.shape[0], "width": query.shape[1], **tool_output.fill}
+        messages = build_opening(spec, query, examples, fill, tool_output.images)
     except (ConfigError, HydraException, ModelConfigError, ImageLoadError, ValueError, KeyError, OSError,
             RuntimeError) as error:
         log.warning("cannot ask %s about %s: %s", model_name, choice.image_id, error)
@@ -126,10 +136,14 @@ def ask_model(
             return
         answers.append(response.answer_text)
 
-    parsed = parse_count(answers[-1])
+    # As in a run: positions in a point-then-count answer are removed before the count is read.
+    parsed = parse_count(strip_points(answers[-1]) if spec.points else answers[-1])
+    points = response.points
+    if points is None and spec.points:
+        points = parse_points(answers[-1], query.shape[:2], spec.points)
     yield replace(state, status=f"Done: {model_name} answered {len(answers)} turn(s).",
-                  step_answers=tuple(answers), count=parsed.value, parse_status=str(parsed.status),
-                  confidence=parse_confidence(answers[-1]), done=True)
+                  step_answers=tuple(answers), points=points, count=parsed.value,
+                  parse_status=str(parsed.status), confidence=parse_confidence(answers[-1]), done=True)
 
 
 def steps_markdown(state: AskState) -> str:
@@ -144,12 +158,17 @@ def steps_markdown(state: AskState) -> str:
     return "\n\n".join(parts)
 
 
-def _outputs(state: AskState) -> tuple:
+def _outputs(state: AskState, choice: ImageChoice | None = None) -> tuple:
     status = state.status
     if state.example_ids:
         status += f" Few-shot examples: {', '.join(state.example_ids)}."
     answer = state.step_answers[-1] if state.step_answers else ""
-    return (status, state.count, state.parse_status or "", state.confidence, answer, steps_markdown(state))
+    positions = None
+    if state.points is not None and choice is not None:
+        positions = draw_detections(load_image(choice.path), state.points)
+        status += f" The model gave {len(state.points)} position(s), circled in the picture."
+    return (status, state.count, state.parse_status or "", state.confidence, answer, positions,
+            steps_markdown(state))
 
 
 def build_ask_section(
@@ -174,7 +193,11 @@ def build_ask_section(
         count = gr.Number(label="parsed count", interactive=False, elem_id="ask-count")
         parse_status = gr.Textbox(label="parse status", interactive=False, elem_id="ask-parse-status")
         confidence = gr.Number(label="stated confidence", interactive=False)
-    answer = gr.Textbox(label="raw answer (last turn)", lines=3, interactive=False, elem_id="ask-answer")
+    with gr.Row():
+        answer = gr.Textbox(label="raw answer (last turn)", lines=6, interactive=False, elem_id="ask-answer",
+                            scale=3)
+        positions = gr.Image(label="positions given by the model", type="numpy", format="png",
+                             interactive=False, height=240, scale=1)
     steps = gr.Markdown("", elem_id="ask-steps")
 
     def on_ask(choice, model_value, prompt_value, shots_value, temperature_value, view_value, extra_value,
@@ -195,7 +218,7 @@ def build_ask_section(
                 gr.Warning(state.error)
             elif not state.done:
                 progress((len(state.step_answers), len(state.turns)), desc=state.status, unit="turns")
-            yield _outputs(state)
+            yield _outputs(state, choice)
 
     ask.click(on_ask, [choice_state, model_name, prompt_name, shots, temperature, view, extra],
-              [status, count, parse_status, confidence, answer, steps])
+              [status, count, parse_status, confidence, answer, positions, steps])

@@ -6,16 +6,19 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ecdna_exp.config import register_resolvers
 from ecdna_exp.data import Sample, load_ecseg_folder
 from ecdna_exp.models import build_model
 from ecdna_exp.models.base import CountingModel
+from ecdna_exp.tools import ToolOutput, make_tool
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ class DatasetIndex:
 
 
 class ModelCache:
-    """Built models kept between requests, keyed by their resolved model config.
+    """Built models and prompt tools kept between requests, models keyed by their resolved config.
 
     At most ``max_models`` stay loaded. Building another one first closes the
     least recently used, which bounds the memory that large VLMs take.
@@ -122,6 +125,7 @@ class ModelCache:
         self.max_models = max_models
         self._models: OrderedDict[str, CountingModel] = OrderedDict()
         self._lock = threading.Lock()
+        self._tools: dict[str, Callable[[np.ndarray], ToolOutput]] = {}
         self.builds = 0
 
     @staticmethod
@@ -150,8 +154,16 @@ class ModelCache:
             self.builds += 1
             return model
 
+    def tool(self, name: str) -> Callable[[np.ndarray], ToolOutput]:
+        """Return the prompt tool called ``name`` (see :mod:`ecdna_exp.tools`), loading it once."""
+        with self._lock:
+            if name not in self._tools:
+                self._tools[name] = make_tool(name)
+            return self._tools[name]
+
     def close(self) -> None:
         with self._lock:
+            self._tools.clear()
             for model in self._models.values():
                 model.close()
             self._models.clear()
