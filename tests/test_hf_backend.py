@@ -30,6 +30,15 @@ QUESTION = "How many ecDNA are in this image? Answer with a single number."
 NAN_MESSAGE = "probability tensor contains either `inf`, `nan` or element < 0"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run the tiny models on one thread: on 2 shared cores a second thread made them 5-10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-models")
@@ -503,3 +512,24 @@ def test_tiny_cli_builds_identical_checkpoints(tmp_path):
     assert config["vision_config"]["model_type"] == "pixtral"
     assert config["text_config"]["model_type"] == "mistral"
     assert not (tmp_path / "a" / "qwen").exists()
+
+
+def test_benchmark_script_prints_table(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_models", REPO_ROOT / "benchmarks" / "bench_models.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+
+    exit_code = bench.main(
+        ["--families", "pixtral", "--batch-sizes", "1", "2", "--images", "2", "--repeats", "1"]
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny pixtral")]
+    torch.set_num_threads(threads)
+
+    assert exit_code == 0
+    assert [line.split("|")[2].strip() for line in lines] == ["1", "2"]
+    assert all(line.split("|")[-2].strip() == "0" for line in lines)
