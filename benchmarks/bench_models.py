@@ -104,7 +104,7 @@ def measure(
     """Time ``vlm.generate`` over ``requests`` at ``batch_size``, after one warm-up batch.
 
     Of ``repeats`` runs the fastest is kept, because on a shared machine the
-    slower runs measure other processes as well. CPU seconds per image count
+    slower runs measure other processes as well. CPU seconds per image measure
     the process's own CPU time, which contention changes less than wall time.
     """
     vlm.batch_size = batch_size
