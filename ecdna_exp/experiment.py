@@ -134,7 +134,7 @@ class Experiment:
             raise RuntimeError(f"few-shot examples {leaked} are also evaluated images")
         return [c.image_id for c in chosen], [(c.load_rgb(s.image_view), c.count_true) for c in chosen]
 
-    def _generation(self, trial: int) -> GenerationSettings:
+    def generation_settings(self, trial: int) -> GenerationSettings:
         s = self.settings
         return GenerationSettings(
             temperature=s.temperature,
@@ -150,7 +150,7 @@ class Experiment:
         frame.to_csv(self._partial_path, mode="a", header=header, index=False)
 
     def _run_batch(self, batch: list[Sample], trial: int, examples) -> list[dict[str, Any]]:
-        settings = self._generation(trial)
+        settings = self.generation_settings(trial)
         rows: dict[str, dict[str, Any]] = {}
         conversations: dict[str, list[Message]] = {}
         shapes: dict[str, tuple[int, int]] = {}
@@ -263,4 +263,4 @@ class Experiment:
             totals = trial_predictions[["loc_tp", "loc_fp", "loc_fn"]].fillna(0).sum()
             metrics.update(localisation_scores(int(totals["loc_tp"]), int(totals["loc_fp"]), int(totals["loc_fn"])))
         return ExperimentResult(predictions, trial_predictions, metrics, trial_metrics, example_ids,
-                                generation=self._generation(0).to_dict())
+                                generation=self.generation_settings(0).to_dict())

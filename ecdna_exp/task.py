@@ -72,6 +72,9 @@ def run_job(cfg: DictConfig, *, run_name: str, parent_run_id: str | None, output
             experiment = Experiment(model, dataset, prompt, settings_from_config(cfg), cache, output_dir,
                                     tool=make_tool(prompt.tool))
             result = experiment.run()
+            effective = model.effective_generation(experiment.generation_settings(0))
+            if effective:
+                result.generation["effective"] = effective
         finally:
             model.close()
             cache.close()

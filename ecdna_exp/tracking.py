@@ -161,6 +161,8 @@ def log_result(result: ExperimentResult, model_name: str) -> None:
     mlflow.log_text(result.predictions.to_csv(index=False), "predictions.csv")
     mlflow.log_text(result.trial_predictions.to_csv(index=False), "trial_predictions.csv")
     mlflow.log_dict({"example_ids": result.example_ids, "generation": result.generation}, "run_details.json")
+    effective = result.generation.get("effective") or {}
+    mlflow.log_params({sanitize_key(f"effective_generation.{k}"): str(v) for k, v in effective.items()})
 
     counts_true = result.predictions["count_true"].to_numpy(float)
     counts_pred = result.predictions["count_pred"].to_numpy(float)

@@ -62,6 +62,19 @@ class LazyModel(CountingModel):
         self._identity = {k: v for k, v in container.items() if k not in OPERATIONAL_KEYS}
 
     @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    def effective_generation(self, settings) -> dict[str, Any] | None:
+        """Return the decoding arguments the backend actually used, if it was loaded and reports them."""
+        if self._model is None:
+            return None
+        if hasattr(self._model, "payload_settings"):
+            return self._model.payload_settings(settings)
+        kwargs = getattr(self._model, "last_generate_kwargs", None)
+        return dict(kwargs) if kwargs else None
+
+    @property
     def loaded(self) -> CountingModel:
         if self._model is None:
             log.info("building model %s", self.name)
