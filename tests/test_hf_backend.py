@@ -7,6 +7,7 @@ are loaded through the product's own loader, as real checkpoints are.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -319,6 +320,28 @@ def test_offline_missing_hub_id_fails_fast(tmp_path, monkeypatch):
     assert "HF_HUB_OFFLINE" in message
     assert "hf download Qwen/Qwen2-VL-7B-Instruct" in message
     assert "checkpoint_dir" in message
+
+
+def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    started = time.perf_counter()
+
+    with pytest.raises(ModelConfigError) as raised:
+        TransformersVLM(name="pixtral", checkpoint="mistral-community/pixtral-12b")
+    message = str(raised.value)
+
+    assert time.perf_counter() - started < 5.0
+    assert "'mistral-community/pixtral-12b'" in message
+    assert "could not be reached" in message
+    assert "'pixtral'" in message
 
 
 def fill_hub_cache(cache: Path, repo_id: str, source: Path, commit: str = "a" * 40) -> Path:

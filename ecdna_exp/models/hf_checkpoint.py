@@ -91,18 +91,30 @@ def _resolve_folder(folder: Path, checkpoint: str, revision: str | None) -> Reso
     return ResolvedCheckpoint(checkpoint=checkpoint, source=str(folder.resolve()), revision=revision)
 
 
-def _check_remote_files(repo_id: str, revision: str | None) -> None:
-    """Reject a Mistral-format hub repository from its file list, before anything is downloaded."""
+def _check_remote_files(repo_id: str, revision: str | None, local_name: str) -> None:
+    """Reject a Mistral-format hub repository from its file list, before anything is downloaded.
+
+    One request with a 10 s timeout and no retries, so an unreachable hub fails quickly.
+    """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        names = set(HfApi().list_repo_files(repo_id, revision=revision))
-    except (HfHubHTTPError, OSError) as error:
+        info = HfApi().model_info(repo_id, revision=revision, timeout=10.0)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
         raise ModelConfigError(
-            f"checkpoint {repo_id!r} (revision {revision}) is not in the local Hugging Face cache and the hub "
-            f"could not be reached: {error}. " + _HOW_TO_PROVIDE.format(repo_id=repo_id, local_name="NAME")
+            f"checkpoint {repo_id!r} (revision {revision or 'main'}) not found on the hub, or it is gated or "
+            f"private and no valid token is set (`hf auth login`): {error}"
         ) from error
+    # huggingface_hub raises the errors of its HTTP library (requests, httpx or httpx2, by version),
+    # so every failure of this one request is reported as the hub being unreachable, with its text.
+    except Exception as error:
+        raise ModelConfigError(
+            f"checkpoint {repo_id!r} (revision {revision or 'main'}) is not in the local Hugging Face cache "
+            f"and the hub could not be reached: {error}. "
+            + _HOW_TO_PROVIDE.format(repo_id=repo_id, local_name=local_name)
+        ) from error
+    names = {sibling.rfilename for sibling in info.siblings or []}
     if "config.json" not in names and names & set(MISTRAL_FORMAT_FILES):
         raise ModelConfigError(
             f"checkpoint {repo_id!r} is in the original Mistral format (no config.json), which transformers "
@@ -167,7 +179,7 @@ def resolve_checkpoint(
                 f"cache and the hub is offline (HF_HUB_OFFLINE is set).{incomplete} "
                 + _HOW_TO_PROVIDE.format(repo_id=checkpoint, local_name=local_name or "NAME")
             ) from None
-        _check_remote_files(checkpoint, revision)
+        _check_remote_files(checkpoint, revision, local_name or "NAME")
         log.info("checkpoint %s is not cached; transformers will download it", checkpoint)
         return ResolvedCheckpoint(checkpoint=checkpoint, source=checkpoint, revision=revision)
 
