@@ -297,27 +297,21 @@ class TransformersVLM(CountingModel):
         except Exception as error:
             if not is_recoverable_fault(error):
                 raise
-            self._release_memory()
-            if len(requests) > 1:
-                log.warning(
-                    "%s: batch of %d failed (%s: %s); retrying one request at a time",
-                    self.name,
-                    len(requests),
-                    type(error).__name__,
-                    error,
-                )
-                return [response for request in requests for response in self._answer_group([request])]
-            log.error(
-                "%s: request for image %s failed: %s: %s",
-                self.name,
-                requests[0].image_id,
-                type(error).__name__,
-                error,
+            fault = f"{type(error).__name__}: {error}"
+        else:
+            latency_s = (time.perf_counter() - started) / len(requests)
+            return [Response(answer_text=answer, latency_s=latency_s) for answer in answers]
+
+        # Retry outside the except block: the traceback of a live exception keeps the failed
+        # call's tensors, and with them its GPU memory, allocated.
+        self._release_memory()
+        if len(requests) > 1:
+            log.warning(
+                "%s: batch of %d failed (%s); retrying one request at a time", self.name, len(requests), fault
             )
-            latency_s = time.perf_counter() - started
-            return [Response(answer_text=None, latency_s=latency_s, error=f"{type(error).__name__}: {error}")]
-        latency_s = (time.perf_counter() - started) / len(requests)
-        return [Response(answer_text=answer, latency_s=latency_s) for answer in answers]
+            return [response for request in requests for response in self._answer_group([request])]
+        log.error("%s: request for image %s failed: %s", self.name, requests[0].image_id, fault)
+        return [Response(answer_text=None, latency_s=time.perf_counter() - started, error=fault)]
 
     def generate(self, requests: list[Request]) -> list[Response]:
         """Answer ``requests`` in batches of ``batch_size`` and return one response per request, in order.

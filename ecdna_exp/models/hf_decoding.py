@@ -122,6 +122,10 @@ def batch_seed(seeds: list[int]) -> int:
 
     A batch whose requests share a seed uses it unchanged, so a batch of one
     reproduces that request's own seed.
+
+    NOTE: one seed drives the whole batch, so a sampled answer depends on
+    which requests share its batch. Reruns reproduce it only with the same
+    batch size and request order.
     """
     if len(set(seeds)) == 1:
         return int(seeds[0])
