@@ -63,10 +63,11 @@ def is_recoverable_fault(error: BaseException) -> bool:
 def neutral_generation_config(checkpoint_config: GenerationConfig | None) -> tuple[GenerationConfig, dict]:
     """Build a generation config that keeps only the token ids of the checkpoint's one.
 
-    ``generate()`` fills every field left None in the config it receives from
-    ``model.generation_config``. Checkpoints ship sampling defaults there
-    (Qwen2-VL: ``do_sample=True, top_k=1, top_p=0.001, repetition_penalty=1.05``),
-    so a model keeping them would decode differently from the request's settings.
+    ``generate()`` (transformers 5) fills every field left None in the config it
+    receives from ``model.generation_config``. Checkpoints ship sampling
+    defaults there, for example ``top_k=1``, which turns sampling greedy, or a
+    ``repetition_penalty``, so a model keeping them would decode differently
+    from the request's settings.
 
     Returns
     -------

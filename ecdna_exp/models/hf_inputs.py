@@ -14,7 +14,7 @@ from ecdna_exp.models.base import ModelConfigError, Request
 def split_images(messages: list[dict]) -> tuple[list[dict], list[Image.Image]]:
     """Replace each image array in ``messages`` by a placeholder part and collect the images as PIL, in order.
 
-    The arrays are ``(H, W, 3)`` uint8 RGB; chat templates only need to see
+    The arrays are ``(H, W, 3)`` uint8 RGB. Chat templates only need to see
     where an image part is, not its pixels.
     """
     template_messages = []

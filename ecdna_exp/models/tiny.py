@@ -9,7 +9,7 @@ with ``save_pretrained`` so the product loads them with the same
     python -m ecdna_exp.models.tiny --out .tiny-models
     python -m ecdna_exp model=qwen checkpoint_dir=.tiny-models
 
-Their answers are random strings; they test plumbing, not counting.
+Their answers are random strings, so they test the plumbing, not counting.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def build_tokenizer(
     Parameters
     ----------
     special_tokens : list of str
-        Tokens that are never split; they get the first ids, in this order.
+        Tokens that are never split. They get the first ids, in this order.
     chat_template : str
         Jinja chat template stored with the tokenizer.
     vocab_size : int
@@ -112,7 +112,7 @@ def _save(model, processor, out_dir: Path) -> Path:
 
 
 def build_qwen(out_dir: Path) -> Path:
-    """Save a tiny random ``Qwen2VLForConditionalGeneration`` with Qwen2-VL's sampling defaults to ``out_dir``."""
+    """Save a tiny random ``Qwen2VLForConditionalGeneration`` with instruct-style sampling defaults to ``out_dir``."""
     from transformers import (
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
@@ -171,7 +171,7 @@ def build_qwen(out_dir: Path) -> Path:
         vision_end_token_id=ids["<|vision_end|>"],
     )
     model = Qwen2VLForConditionalGeneration(config)
-    # The values Qwen/Qwen2-VL-7B-Instruct ships in generation_config.json: top_k=1 makes sampling greedy.
+    # Sampling defaults of the kind instruct checkpoints ship; top_k=1 would make any sampling greedy.
     model.generation_config.update(
         do_sample=True, temperature=0.01, top_k=1, top_p=0.001, repetition_penalty=1.05
     )
