@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 #: Repository of Pixtral-12B converted to the transformers format (``LlavaForConditionalGeneration``).
 PIXTRAL_TRANSFORMERS_REPO = "mistral-community/pixtral-12b"
 
-#: Files that only the original Mistral format has; transformers cannot load such a folder.
+#: Files that only the original Mistral format has. Transformers cannot load such a folder.
 MISTRAL_FORMAT_FILES = ("params.json", "consolidated.safetensors", "tekken.json")
 
 _HOW_TO_PROVIDE = (
@@ -76,8 +76,8 @@ def check_transformers_format(folder: Path, checkpoint: str) -> None:
             f"cannot load. For Pixtral-12B use the transformers-format repository {PIXTRAL_TRANSFORMERS_REPO!r}."
         )
     raise ModelConfigError(
-        f"checkpoint folder {folder} (from {checkpoint!r}) contains no config.json; "
-        "point model.checkpoint or checkpoint_dir at a folder written by save_pretrained()"
+        f"checkpoint folder {folder} (from {checkpoint!r}) contains no config.json. "
+        "Point model.checkpoint or checkpoint_dir at a folder written by save_pretrained()"
     )
 
 

@@ -2,7 +2,7 @@
 
 MiniCPM-V 2 predates native transformers support, so it runs its own
 ``chat()`` method: one image per conversation, and ``sampling=False`` for
-temperature 0, as in the study that first counted ecDNA with it.
+temperature 0, as in the earlier MiniCPM-V 2 counting runs this project reproduces.
 
 NOTE: no test runs this path. The remote code cannot be fetched offline and
 nothing imitates it, so only the configuration checks before loading are tested.
@@ -68,7 +68,7 @@ class MiniCPMV2Chat(CountingModel):
     ) -> None:
         if trust_remote_code is not True:
             raise ModelConfigError(
-                f"{checkpoint!r} runs Python code shipped with the checkpoint; review it and set "
+                f"{checkpoint!r} runs Python code shipped with the checkpoint. Review it and set "
                 "model.trust_remote_code=true to allow it"
             )
         if checkpoint_dir is None and not revision:
@@ -132,8 +132,8 @@ class MiniCPMV2Chat(CountingModel):
             "sampling": not settings.greedy,
             "max_new_tokens": settings.max_new_tokens if settings.max_new_tokens > 0 else self.max_new_tokens,
         }
-        # NOTE: with sampling=False the published chat() decodes with its own non-sampling settings;
-        # they are not overridden here, to match how the study ran this model.
+        # NOTE: with sampling=False the published chat() decodes with its own non-sampling settings,
+        # which are kept as they are to match the earlier MiniCPM-V 2 runs.
         if not settings.greedy:
             chat_kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k)
         self.last_generate_kwargs = {**chat_kwargs, "seed": settings.seed}
@@ -151,7 +151,7 @@ class MiniCPMV2Chat(CountingModel):
         return str(answer).strip()
 
     def generate(self, requests: list[Request]) -> list[Response]:
-        """Answer each request with one ``chat()`` call; OOM or NaN faults become error responses."""
+        """Answer each request with one ``chat()`` call, turning OOM or NaN faults into error responses."""
         responses = []
         for request in requests:
             started = time.perf_counter()
