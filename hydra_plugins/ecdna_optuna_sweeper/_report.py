@@ -1,4 +1,4 @@
-"""What a finished search records: the trials table, the history figure and the best trial.
+"""Records of a finished search: the trials table, the history figure and the best trial.
 
 Everything goes to the MLflow parent run of the multirun (its id is in
 ``<sweep dir>/mlflow_parent_run_id``, written by
@@ -12,22 +12,27 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
 
-_TRIAL_COLUMNS = ("number", "state", "value", "params", "user_attrs", "datetime_start", "datetime_complete",
-                  "duration")
+_TRIAL_COLUMNS = (
+    "number",
+    "state",
+    "value",
+    "params",
+    "user_attrs",
+    "datetime_start",
+    "datetime_complete",
+    "duration",
+)
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -38,7 +43,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     if "user_attrs_overrides" in frame:
         # One command-line string per trial, ready to paste after `python -m ecdna_exp`.
         frame["user_attrs_overrides"] = frame["user_attrs_overrides"].map(
-            lambda overrides: " ".join(overrides) if isinstance(overrides, list) else overrides)
+            lambda overrides: " ".join(overrides) if isinstance(overrides, list) else overrides
+        )
     return frame
 
 
@@ -60,8 +66,15 @@ def history_figure(study: optuna.Study) -> Figure:
         axes.plot(numbers, values, "o", color="tab:blue", label="objective of trial")
         axes.step(numbers, best_so_far, where="post", color="tab:orange", label="best so far")
     if failed:
-        axes.plot(failed, np.zeros(len(failed)), "x", color="tab:red", clip_on=False,
-                  transform=axes.get_xaxis_transform(), label="failed trial")
+        axes.plot(
+            failed,
+            np.zeros(len(failed)),
+            "x",
+            color="tab:red",
+            clip_on=False,
+            transform=axes.get_xaxis_transform(),
+            label="failed trial",
+        )
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("trial number")
     axes.set_ylabel("objective")
@@ -80,7 +93,9 @@ def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 def _mlflow_run_ids(client, parent_run_id: str, experiment_ids: list[str], trial_key: str) -> dict[int, str]:
     """Map trial numbers to the child runs of ``parent_run_id`` that carry them as a param."""
-    runs = client.search_runs(experiment_ids, f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)
+    runs = client.search_runs(
+        experiment_ids, f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000
+    )
     mapping = {}
     for run in runs:
         number = run.data.params.get(trial_key)
@@ -89,8 +104,14 @@ def _mlflow_run_ids(client, parent_run_id: str, experiment_ids: list[str], trial
     return mapping
 
 
-def _log_to_parent(study: optuna.Study, config: DictConfig, storage_url: str, parent_run_id: str,
-                   table: pd.DataFrame, trial_key: str) -> None:
+def _log_to_parent(
+    study: optuna.Study,
+    config: DictConfig,
+    storage_url: str,
+    parent_run_id: str,
+    table: pd.DataFrame,
+    trial_key: str,
+) -> None:
     from ecdna_exp.tracking import store_from_config
 
     client = store_from_config(config).client
@@ -117,8 +138,9 @@ def _log_to_parent(study: optuna.Study, config: DictConfig, storage_url: str, pa
             client.log_param(parent_run_id, f"best.{name}", value)
 
 
-def report_study(study: optuna.Study, config: DictConfig, storage_url: str, sweep_dir: Path,
-                 trial_key: str) -> dict[str, Any]:
+def report_study(
+    study: optuna.Study, config: DictConfig, storage_url: str, sweep_dir: Path, trial_key: str
+) -> dict[str, Any]:
     """Log the trials and the best trial to the parent run and the log, and write ``optuna_best.yaml``.
 
     Returns
@@ -140,14 +162,19 @@ def report_study(study: optuna.Study, config: DictConfig, storage_url: str, swee
     if best is None:
         log.warning("study %r has no COMPLETE trial, so there is no best trial", study.study_name)
     else:
-        log.info("best trial %d of study %r: objective %.4f with %s", best.number, study.study_name,
-                 best.value, best.params)
+        log.info(
+            "best trial %d of study %r: objective %.4f with %s",
+            best.number,
+            study.study_name,
+            best.value,
+            best.params,
+        )
 
     from ecdna_exp.sweep import read_parent_run_id
 
     parent_run_id = read_parent_run_id(sweep_dir)
     if parent_run_id is None:
-        log.warning("no MLflow parent run id in %s; the study is not logged to MLflow", sweep_dir)
+        log.warning("no MLflow parent run id found in %s, so the study is not logged to MLflow", sweep_dir)
         return summary
     _log_to_parent(study, config, storage_url, parent_run_id, trials_table(study), trial_key)
     log.info("logged the study's history to MLflow parent run %s", parent_run_id)

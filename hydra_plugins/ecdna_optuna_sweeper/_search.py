@@ -3,7 +3,7 @@
 Resume rule: only COMPLETE trials count toward ``n_trials``. A trial that
 failed (the job raised or returned NaN or infinity) or that an earlier,
 killed search left RUNNING is a FAIL trial, so a restarted search runs new
-trials until the study holds ``n_trials`` COMPLETE ones. ``max_failures``
+trials until the study contains ``n_trials`` COMPLETE ones. ``max_failures``
 is the number of failed trials one invocation tolerates; one more stops
 it, so a search whose every trial fails ends instead of running forever.
 """
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 #: Config key that carries the trial number into each job, so its MLflow run can be matched to the trial.
 TRIAL_KEY = "optuna_trial"
-#: Longest error text kept in a failed trial's user attributes, in characters.
+#: Maximum length in characters of the error text stored in a failed trial's user attributes.
 MAX_ERROR_LENGTH = 2000
 
 
@@ -39,7 +39,7 @@ def default_storage(config: DictConfig) -> str:
     """Return ``sqlite:///<absolute tracking dir>/optuna.db``, creating the folder."""
     tracking_dir = OmegaConf.select(config, "tracking.dir")
     if tracking_dir is None:
-        raise ValueError("the config has no tracking.dir; set hydra.sweeper.storage to an Optuna storage URL")
+        raise ValueError("the config has no tracking.dir. Set hydra.sweeper.storage to an Optuna storage URL")
     directory = Path(str(tracking_dir)).expanduser()
     if not directory.is_absolute():
         directory = Path(config.hydra.runtime.cwd) / directory
@@ -50,7 +50,9 @@ def default_storage(config: DictConfig) -> str:
 
 def _study_fingerprint(config: DictConfig, space: SearchSpace) -> dict[str, Any]:
     """Describe what defines the objective: the search space and the fixed overrides that matter."""
-    excluded = set(OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys", default=[]) or [])
+    excluded = set(
+        OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys", default=[]) or []
+    )
     fixed = sorted(
         line for line in space.fixed_overrides if line.split("=", 1)[0].lstrip("+~") not in excluded
     )
@@ -69,11 +71,14 @@ def open_study(sweeper, storage_url: str, space: SearchSpace) -> optuna.Study:
     """
     # A long SQLite busy timeout lets two searches on one storage file wait for each other's writes.
     storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"connect_args": {"timeout": 60}})
-    study = optuna.create_study(storage=storage, study_name=sweeper.study_name,
-                                direction=sweeper.direction, load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage, study_name=sweeper.study_name, direction=sweeper.direction, load_if_exists=True
+    )
     if study.direction.name.lower() != sweeper.direction:
-        raise ValueError(f"study {sweeper.study_name!r} in {storage_url} is set to {study.direction.name.lower()}, "
-                         f"not {sweeper.direction}; choose another hydra.sweeper.study_name")
+        raise ValueError(
+            f"study {sweeper.study_name!r} in {storage_url} is set to {study.direction.name.lower()}, "
+            f"not {sweeper.direction}; choose another hydra.sweeper.study_name"
+        )
 
     fingerprint = _study_fingerprint(sweeper.config, space)
     if study.trials:
@@ -86,15 +91,20 @@ def open_study(sweeper, storage_url: str, space: SearchSpace) -> optuna.Study:
     for key, value in fingerprint.items():
         study.set_user_attr(key, value)
 
-    # NOTE: this assumes one search per study at a time; a second live search would lose its running trials.
+    # NOTE: this assumes one search per study at a time, because a second live search would lose
+    # its running trials here.
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        log.warning("trial %d was left RUNNING by an interrupted search; marking it FAIL", trial.number)
+        log.warning("trial %d was left RUNNING by an interrupted search, so it is marked FAIL", trial.number)
         study.tell(trial.number, state=TrialState.FAIL)
 
     # Seeding with the trial count as well keeps a resumed search from repeating the first trials' samples.
     seed = int(np.random.SeedSequence([sweeper.seed, len(study.trials)]).generate_state(1)[0])
     study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=sweeper.n_startup_trials)
     return study
+
+
+def _job_dir(result: JobReturn) -> str | None:
+    return OmegaConf.select(result.hydra_cfg, "hydra.runtime.output_dir") if result.hydra_cfg else None
 
 
 def _trial_value(result: JobReturn) -> tuple[float | None, str | None]:
@@ -106,7 +116,7 @@ def _trial_value(result: JobReturn) -> tuple[float | None, str | None]:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None, f"job returned {value!r}, not a number"
     if not math.isfinite(float(value)):
-        return None, f"job returned {float(value)}"
+        return None, f"job returned {float(value)}; its log is in {_job_dir(result)}"
     return float(value), None
 
 
@@ -127,11 +137,10 @@ def _run_batch(sweeper, study: optuna.Study, space: SearchSpace, size: int) -> i
     failed = 0
     try:
         sweeper.validate_batch_is_legal(batch)
-        # Job numbers follow trial numbers, so a resumed search never reuses an earlier job's folder.
+        # Job numbers follow trial numbers, so a resumed search does not reuse an earlier job's folder.
         results = sweeper.launcher.launch(batch, initial_job_idx=trials[0].number)
         for trial, result in zip(trials, results):
-            output_dir = OmegaConf.select(result.hydra_cfg, "hydra.runtime.output_dir") if result.hydra_cfg else None
-            trial.set_user_attr("job_dir", str(output_dir))
+            trial.set_user_attr("job_dir", _job_dir(result))
             value, reason = _trial_value(result)
             if value is None:
                 failed += 1
@@ -142,7 +151,8 @@ def _run_batch(sweeper, study: optuna.Study, space: SearchSpace, size: int) -> i
                 study.tell(trial, value)
                 log.info("trial %d: objective %.4f", trial.number, value)
     except BaseException:
-        # Interrupted or unlaunchable: record the batch as failed before the error propagates.
+        # When the batch is interrupted or cannot be launched, its trials are marked FAIL before the
+        # error propagates.
         for trial in trials:
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
@@ -150,9 +160,9 @@ def _run_batch(sweeper, study: optuna.Study, space: SearchSpace, size: int) -> i
 
 
 def run_search(sweeper, arguments: list[str]) -> optuna.Study:
-    """Run trials until the study holds ``sweeper.n_trials`` COMPLETE ones, then report it.
+    """Run trials until the study contains ``sweeper.n_trials`` COMPLETE ones, then report it.
 
-    ``arguments`` are the task overrides from the command line; they come
+    ``arguments`` are the task overrides from the command line. They come
     after ``hydra.sweeper.params`` and replace entries with the same key.
     """
     config = sweeper.config
@@ -160,8 +170,10 @@ def run_search(sweeper, arguments: list[str]) -> optuna.Study:
     param_overrides = [f"{key}={value}" for key, value in sweeper.params.items()]
     space = parse_search_space([*param_overrides, *arguments], parser)
     if not space.distributions:
-        raise ValueError("the search space is empty; set hydra.sweeper.params or pass a sweep such as "
-                         "'temperature=interval(0,1)'")
+        raise ValueError(
+            "the search space is empty. Set hydra.sweeper.params or pass a sweep such as "
+            "'temperature=interval(0,1)'"
+        )
 
     sweep_dir = Path(config.hydra.sweep.dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -170,8 +182,14 @@ def run_search(sweeper, arguments: list[str]) -> optuna.Study:
     storage_url = sweeper.storage or default_storage(config)
     study = open_study(sweeper, storage_url, space)
     complete = _count(study, TrialState.COMPLETE)
-    log.info("study %r in %s: %d of %d trials complete, %d failed before this run", study.study_name,
-             storage_url, complete, sweeper.n_trials, _count(study, TrialState.FAIL))
+    log.info(
+        "study %r in %s: %d of %d trials complete, %d failed before this run",
+        study.study_name,
+        storage_url,
+        complete,
+        sweeper.n_trials,
+        _count(study, TrialState.FAIL),
+    )
 
     failures = 0
     while complete < sweeper.n_trials and failures <= sweeper.max_failures:
@@ -179,8 +197,13 @@ def run_search(sweeper, arguments: list[str]) -> optuna.Study:
         failures += _run_batch(sweeper, study, space, size)
         complete = _count(study, TrialState.COMPLETE)
     if complete < sweeper.n_trials:
-        log.error("stopped after %d failed trials (hydra.sweeper.max_failures=%d) with %d of %d trials complete",
-                  failures, sweeper.max_failures, complete, sweeper.n_trials)
+        log.error(
+            "stopped after %d failed trials (hydra.sweeper.max_failures=%d) with %d of %d trials complete",
+            failures,
+            sweeper.max_failures,
+            complete,
+            sweeper.n_trials,
+        )
 
     report_study(study, config, storage_url, sweep_dir, TRIAL_KEY)
     return study

@@ -9,6 +9,7 @@ other override is applied unchanged to every trial.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
+
+log = logging.getLogger(__name__)
 
 _INTERVAL_TAGS = {"log", "int"}
 _CATEGORY_TYPES = (type(None), bool, int, float, str)
@@ -63,10 +66,14 @@ def _distribution(override: Override) -> BaseDistribution:
         return FloatDistribution(float(low), float(high), step=float(step))
 
     sweep = override.value()
-    assert isinstance(sweep, IntervalSweep) and sweep.start is not None and sweep.end is not None
+    assert isinstance(sweep, IntervalSweep)
+    assert sweep.start is not None
+    assert sweep.end is not None
     unknown = set(sweep.tags) - _INTERVAL_TAGS
     if unknown:
-        raise ValueError(f"interval tags of {key} must be among {sorted(_INTERVAL_TAGS)}, got {sorted(unknown)}")
+        raise ValueError(
+            f"interval tags of {key} must be among {sorted(_INTERVAL_TAGS)}, got {sorted(unknown)}"
+        )
     log_scale = "log" in sweep.tags
     if "int" in sweep.tags:
         return IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
@@ -95,7 +102,9 @@ def parse_search_space(overrides: list[str], parser: OverridesParser) -> SearchS
             space.distributions[name] = _distribution(override)
             space.override_keys[name] = override.get_key_element()
         else:
-            space.fixed_overrides.append(f"{override.get_key_element()}={override.get_value_element_as_str()}")
+            space.fixed_overrides.append(
+                f"{override.get_key_element()}={override.get_value_element_as_str()}"
+            )
     return space
 
 
@@ -125,7 +134,8 @@ def format_override(key: str, value: Any) -> str:
         line = f"{key}={candidate}"
         try:
             parsed = parser.parse_override(line).value()
-        except Exception:  # noqa: BLE001 - an unparsable spelling moves on to the quoted one.
+        except Exception as error:  # noqa: BLE001 - an unparsable spelling moves on to the quoted one.
+            log.debug("%s does not parse: %s", line, error)
             continue
         if parsed == value and type(parsed) is type(value):
             return line

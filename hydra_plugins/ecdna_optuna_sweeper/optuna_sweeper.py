@@ -6,7 +6,7 @@ Optuna, MLflow and matplotlib are imported only when a search runs.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -14,7 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 
 class EcdnaOptunaSweeper(Sweeper):
-    """Run an Optuna study whose trials are Hydra jobs; see :class:`.config.EcdnaOptunaSweeperConf`."""
+    """Run an Optuna study whose trials are Hydra jobs.
+
+    The settings are those of :class:`.config.EcdnaOptunaSweeperConf`.
+    """
 
     def __init__(
         self,
@@ -22,11 +25,11 @@ class EcdnaOptunaSweeper(Sweeper):
         n_jobs: int,
         direction: str,
         study_name: str,
-        storage: Optional[str],
+        storage: str | None,
         seed: int,
         n_startup_trials: int,
-        max_failures: Optional[int],
-        params: Optional[Dict[str, str]] = None,
+        max_failures: int | None,
+        params: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         if n_trials < 1:
@@ -47,10 +50,10 @@ class EcdnaOptunaSweeper(Sweeper):
         self.max_failures = n_trials if max_failures is None else max_failures
         if isinstance(params, DictConfig):
             params = OmegaConf.to_container(params, resolve=True)
-        self.params: Dict[str, str] = {str(key): str(value) for key, value in (params or {}).items()}
+        self.params: dict[str, str] = {str(key): str(value) for key, value in (params or {}).items()}
 
-        self.hydra_context: Optional[HydraContext] = None
-        self.config: Optional[DictConfig] = None
+        self.hydra_context: HydraContext | None = None
+        self.config: DictConfig | None = None
         self.launcher = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -62,8 +65,8 @@ class EcdnaOptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def sweep(self, arguments: List[str]) -> Any:
-        """Run trials until the study holds ``n_trials`` COMPLETE ones; return the study."""
+    def sweep(self, arguments: list[str]) -> Any:
+        """Run trials until the study contains ``n_trials`` COMPLETE ones, and return the study."""
         from hydra_plugins.ecdna_optuna_sweeper._search import run_search
 
         return run_search(self, arguments)
