@@ -145,15 +145,18 @@ def _log_figure(figure: plt.Figure, path: str) -> None:
 
 def log_result(result: ExperimentResult, model_name: str) -> None:
     """Log metrics, predictions tables and figures of a finished experiment to the active run."""
-    metrics = {k: v for k, v in result.metrics.items() if v is not None and np.isfinite(v)}
-    mlflow.log_metrics(metrics)
+    # NaN is logged too: an MAE of NaN says that no answer was parsed.
+    mlflow.log_metrics({k: float(v) for k, v in result.metrics.items() if v is not None})
     for trial, trial_metrics in enumerate(result.trial_metrics):
-        mlflow.log_metrics({f"trial_{k}": v for k, v in trial_metrics.items() if np.isfinite(v)}, step=trial)
+        mlflow.log_metrics({f"trial_{k}": float(v) for k, v in trial_metrics.items()}, step=trial)
     if len(result.trial_metrics) > 1:
         mae_trials = [m["mae"] for m in result.trial_metrics]
-        mlflow.log_metrics({"trial_mae_mean": float(np.nanmean(mae_trials)),
-                            "trial_mae_best": float(np.nanmin(mae_trials)),
-                            "trial_mae_worst": float(np.nanmax(mae_trials))})
+        with warnings.catch_warnings():
+            # All trials unparsed gives NaN, which is what should be logged.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mlflow.log_metrics({"trial_mae_mean": float(np.nanmean(mae_trials)),
+                                "trial_mae_best": float(np.nanmin(mae_trials)),
+                                "trial_mae_worst": float(np.nanmax(mae_trials))})
     status_counts = result.trial_predictions["parse_status"].value_counts()
     mlflow.log_metrics({f"status_{sanitize_key(str(k))}": float(v) for k, v in status_counts.items()})
 
