@@ -166,7 +166,9 @@ def test_tile_cores_partition_image():
 def test_tiling_counts_each_dot_once():
     height, width = 600, 900
     rng = np.random.default_rng(3)
-    centres = [(int(r), int(c)) for r, c in zip(rng.integers(2, height - 2, 400), rng.integers(2, width - 2, 400))]
+    centres = [
+        (int(r), int(c)) for r, c in zip(rng.integers(2, height - 2, 400), rng.integers(2, width - 2, 400))
+    ]
     # Dots on and next to every core border, inside the overlaps, where a
     # double count or a miss would show.
     tiles = tile_grid(height, width, tile=256, overlap=64)
@@ -243,7 +245,15 @@ def test_segmenter_model_answers_count():
 
     model = SegmenterCounter(name="segmenter")
     rgb = load_image(SAMPLE / "images" / "110.tif")
-    request = Request("110", [{"role": "user", "content": [{"type": "image", "image": rgb}, {"type": "text", "text": "How many ecDNA?"}]}])
+    request = Request(
+        "110",
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": rgb}, {"type": "text", "text": "How many ecDNA?"}],
+            }
+        ],
+    )
     (response,) = model.generate([request])
     assert response.ok
     label_map = model.last_label_maps["110"]
@@ -284,7 +294,9 @@ def test_training_smoke_run(tmp_path):
     from ecdna_exp.segmenter.train import main
 
     out = tmp_path / "seg.pt"
-    record = main(["--data", str(SAMPLE), "--limit", "5", "--epochs", "1", "--synthetic", "2", "--out", str(out)])
+    record = main(
+        ["--data", str(SAMPLE), "--limit", "5", "--epochs", "1", "--synthetic", "2", "--out", str(out)]
+    )
     assert out.is_file()
     assert len(record["train_ids"]) == 4
     assert len(record["val_ids"]) == 1

@@ -35,7 +35,9 @@ def list_patch_ids(data_dir: str | Path) -> list[str]:
     data_dir = Path(data_dir)
     image_dir = data_dir / "images"
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"image folder not found: {image_dir}; pass --data with an ecSeg sample folder")
+        raise FileNotFoundError(
+            f"image folder not found: {image_dir}; pass --data with an ecSeg sample folder"
+        )
     ids = [p.stem for p in image_dir.glob("*.tif") if (data_dir / "labels" / f"{p.stem}.png").is_file()]
     return sorted(ids, key=lambda image_id: (len(image_id), image_id))
 
@@ -56,7 +58,7 @@ def split_ids(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str]
     """Split ``ids`` at random into training and validation ids; the same seed gives the same split."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ids))
-    n_val = int(round(val_fraction * len(ids)))
+    n_val = round(val_fraction * len(ids))
     val_ids = sorted((ids[i] for i in order[:n_val]), key=lambda s: (len(s), s))
     train_ids = sorted((ids[i] for i in order[n_val:]), key=lambda s: (len(s), s))
     return train_ids, val_ids

@@ -17,7 +17,13 @@ import numpy as np
 from ecdna_exp.ground_truth import CLASS_NAMES, ECDNA, component_centroids, count_classes
 from ecdna_exp.segmenter.dataset import DEFAULT_DATA, Patch, load_patches
 from ecdna_exp.segmenter.localisation import match_centroids
-from ecdna_exp.segmenter.predict import COUNT_KEYS, DEFAULT_WEIGHTS, Segmenter, count_label_map, drop_small_components
+from ecdna_exp.segmenter.predict import (
+    COUNT_KEYS,
+    DEFAULT_WEIGHTS,
+    Segmenter,
+    count_label_map,
+    drop_small_components,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +67,10 @@ def choose_min_areas(patches: list[Patch], label_maps_pred: list[np.ndarray]) ->
 
 
 def score_patches(
-    patches: list[Patch], label_maps_pred: list[np.ndarray], min_areas: dict[int, int], radius: float = MATCH_RADIUS
+    patches: list[Patch],
+    label_maps_pred: list[np.ndarray],
+    min_areas: dict[int, int],
+    radius: float = MATCH_RADIUS,
 ) -> dict[str, float | int]:
     """Score predicted label maps against the patches' label maps.
 
@@ -112,7 +121,9 @@ def calibrate_and_score(
     label_maps_train = predict_patches(segmenter, train_patches)
     min_areas = choose_min_areas(train_patches, label_maps_train)
     segmenter.min_areas = min_areas
-    val_scores = score_patches(val_patches, predict_patches(segmenter, val_patches), min_areas) if val_patches else {}
+    val_scores = (
+        score_patches(val_patches, predict_patches(segmenter, val_patches), min_areas) if val_patches else {}
+    )
     return {
         "min_areas": {CLASS_NAMES[index]: area for index, area in min_areas.items()},
         "train_scores": score_patches(train_patches, label_maps_train, min_areas),
@@ -121,9 +132,15 @@ def calibrate_and_score(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m ecdna_exp.segmenter.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="weights file with its .json record")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ecSeg sample folder with images/ and labels/")
+    parser = argparse.ArgumentParser(
+        prog="python -m ecdna_exp.segmenter.evaluate", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--weights", type=Path, default=DEFAULT_WEIGHTS, help="weights file with its .json record"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="ecSeg sample folder with images/ and labels/"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 

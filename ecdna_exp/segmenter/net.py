@@ -15,8 +15,8 @@ class NetConfig:
 
     The input is first rearranged into ``unshuffle ** 2`` channels at
     ``1 / unshuffle`` of its side (space-to-depth), and the logits are
-    rearranged back at the end, so the convolutions run on a quarter of the
-    pixels for ``unshuffle == 2`` while every input pixel still gets its own
+    rearranged back at the end. For ``unshuffle == 2`` the convolutions thus
+    run on a quarter of the pixels, and every input pixel still gets its own
     label. ``base_channels`` feature maps at the first level are doubled at
     each of the ``depth - 1`` downsamplings, so the input side must be a
     multiple of :attr:`size_multiple` pixels.
@@ -51,7 +51,7 @@ class UNet(nn.Module):
     """Encoder-decoder with skip connections, max pooling down and bilinear upsampling up.
 
     Input is ``(B, in_channels, H, W)`` float in [0, 1] with ``H`` and ``W``
-    multiples of ``config.size_multiple``; output is ``(B, num_classes, H, W)``
+    multiples of ``config.size_multiple``. Output is ``(B, num_classes, H, W)``
     logits.
     """
 

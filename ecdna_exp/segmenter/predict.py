@@ -88,7 +88,7 @@ class Segmenter:
         self.tile = int(self.metadata.get("tile", 256))
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu") -> "Segmenter":
+    def load(cls, path: str | Path | None = None, device: str = "cpu") -> Segmenter:
         """Load weights saved by the training command, and the JSON record beside them if present.
 
         Raises

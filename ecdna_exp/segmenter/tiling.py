@@ -11,8 +11,9 @@ centroid, belongs to exactly one tile.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -36,7 +37,10 @@ class Tile:
         """Return the ``(N,)`` bool mask of the image-frame ``(N, 2)`` centroids that lie in this tile's core."""
         r, c = centroids[:, 0], centroids[:, 1]
         return (
-            (r >= self.core_rows[0]) & (r < self.core_rows[1]) & (c >= self.core_cols[0]) & (c < self.core_cols[1])
+            (r >= self.core_rows[0])
+            & (r < self.core_rows[1])
+            & (c >= self.core_cols[0])
+            & (c < self.core_cols[1])
         )
 
 
@@ -60,7 +64,7 @@ def _axis_windows(length: int, tile: int, overlap: int) -> list[tuple[int, int, 
     if length <= tile:
         return [(0, length, 0, length)]
     n_tiles = -(-(length - tile) // (tile - overlap)) + 1
-    starts = [int(round(s)) for s in np.linspace(0, length - tile, n_tiles)]
+    starts = [round(s) for s in np.linspace(0, length - tile, n_tiles)]
     boundaries = [0] + [(starts[i + 1] + starts[i] + tile) // 2 for i in range(len(starts) - 1)] + [length]
     return [(s, s + tile, boundaries[i], boundaries[i + 1]) for i, s in enumerate(starts)]
 
@@ -146,8 +150,10 @@ def count_whole_spread(
             # NOTE: an object cut by a core border is seen in part by two tiles,
             # so a count-only counter may count it twice or not at all.
             masked = np.zeros_like(window)
-            core = (slice(t.core_rows[0] - t.rows[0], t.core_rows[1] - t.rows[0]),
-                    slice(t.core_cols[0] - t.cols[0], t.core_cols[1] - t.cols[0]))
+            core = (
+                slice(t.core_rows[0] - t.rows[0], t.core_rows[1] - t.rows[0]),
+                slice(t.core_cols[0] - t.cols[0], t.core_cols[1] - t.cols[0]),
+            )
             masked[core] = window[core]
             result = count_tile_fn(masked)
             if isinstance(result, np.ndarray) and result.ndim > 0:
@@ -202,7 +208,9 @@ def segment_whole_spread(
     for t in tile_grid(dapi.shape[0], dapi.shape[1], tile, overlap):
         window = segmenter.predict_probabilities(dapi[t.rows[0] : t.rows[1], t.cols[0] : t.cols[1]])
         probabilities[:, t.core_rows[0] : t.core_rows[1], t.core_cols[0] : t.core_cols[1]] = window[
-            :, t.core_rows[0] - t.rows[0] : t.core_rows[1] - t.rows[0], t.core_cols[0] - t.cols[0] : t.core_cols[1] - t.cols[0]
+            :,
+            t.core_rows[0] - t.rows[0] : t.core_rows[1] - t.rows[0],
+            t.core_cols[0] - t.cols[0] : t.core_cols[1] - t.cols[0],
         ]
     if scale != 1.0:
         zoom = (1, rgb.shape[0] / dapi.shape[0], rgb.shape[1] / dapi.shape[1])

@@ -35,7 +35,7 @@ CLASS_WEIGHTS = (1.0, 1.0, 1.0, 8.0)
 #: Weight of the ecDNA soft Dice loss added to the cross-entropy.
 DICE_WEIGHT = 0.5
 
-#: Synthetic objects drawn about 2x larger than the generator's defaults, the size of objects in ecSeg patches.
+#: Synthetic objects about 2x larger than the generator's defaults. The ecSeg sample's median ecDNA label is 40 px.
 ENLARGED_STYLE = SyntheticStyle(
     ecdna_radius=(2.5, 4.5),
     chromosome_length=(24, 50),
@@ -46,23 +46,36 @@ ENLARGED_STYLE = SyntheticStyle(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ecdna_exp.segmenter.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ecSeg sample folder with images/ and labels/")
+    parser = argparse.ArgumentParser(
+        prog="python -m ecdna_exp.segmenter.train", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="ecSeg sample folder with images/ and labels/"
+    )
     parser.add_argument("--epochs", type=int, default=24, help="passes over the training patches")
     parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="weights file to write (.pt)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights and augmentation")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the split, initial weights and augmentation"
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of patches held out for validation")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of patches held out for validation"
+    )
     parser.add_argument("--crop", type=int, default=128, help="side in pixels of the random training crops")
     parser.add_argument("--batch-size", type=int, default=8, help="crops per optimisation step")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
     parser.add_argument(
-        "--synthetic", type=int, default=32, help="synthetic patches mixed into each epoch (0 for real data only)"
+        "--synthetic",
+        type=int,
+        default=32,
+        help="synthetic patches mixed into each epoch (0 for real data only)",
     )
     parser.add_argument("--base-channels", type=int, default=16, help="U-Net feature maps at the first level")
     parser.add_argument("--depth", type=int, default=4, help="U-Net levels (depth - 1 downsamplings)")
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N patches (smoke runs); 0 for all")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="use only the first N patches (smoke runs); 0 for all"
+    )
     return parser.parse_args(argv)
 
 
@@ -100,7 +113,10 @@ def train_epoch(net, optimiser, scheduler, samples, rng, args, class_weights, de
     losses = []
     ecdna_hits = ecdna_total = 0
     for start in range(0, len(order), args.batch_size):
-        views = [augment(samples[i].dapi, samples[i].label_map, rng, args.crop) for i in order[start : start + args.batch_size]]
+        views = [
+            augment(samples[i].dapi, samples[i].label_map, rng, args.crop)
+            for i in order[start : start + args.batch_size]
+        ]
         x = torch.from_numpy(np.stack([v[0] for v in views]))[:, None].to(device)
         y = torch.from_numpy(np.stack([v[1] for v in views])).to(device)
         logits = net(x)
@@ -143,7 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
     train_patches = load_patches(args.data, train_ids)
     val_patches = load_patches(args.data, val_ids)
     synthetic = synthetic_pool(4 * args.synthetic, args.seed) if args.synthetic else []
-    log.info("%d training, %d validation, %d synthetic patches", len(train_patches), len(val_patches), len(synthetic))
+    log.info(
+        "%d training, %d validation, %d synthetic patches",
+        len(train_patches),
+        len(val_patches),
+        len(synthetic),
+    )
 
     config = NetConfig(base_channels=args.base_channels, depth=args.depth)
     net = UNet(config).to(args.device)
@@ -157,12 +178,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.perf_counter()
     for epoch in range(args.epochs):
-        picked = rng.choice(len(synthetic), size=min(args.synthetic, len(synthetic)), replace=False) if synthetic else []
+        picked = (
+            rng.choice(len(synthetic), size=min(args.synthetic, len(synthetic)), replace=False)
+            if synthetic
+            else []
+        )
         samples = train_patches + [synthetic[i] for i in picked]
-        loss, ecdna_recall = train_epoch(net, optimiser, scheduler, samples, rng, args, class_weights, args.device)
+        loss, ecdna_recall = train_epoch(
+            net, optimiser, scheduler, samples, rng, args, class_weights, args.device
+        )
         log.info(
             "epoch %d/%d loss %.4f, ecDNA pixel recall %.3f (%.0f s)",
-            epoch + 1, args.epochs, loss, ecdna_recall, time.perf_counter() - started,
+            epoch + 1,
+            args.epochs,
+            loss,
+            ecdna_recall,
+            time.perf_counter() - started,
         )
     train_seconds = time.perf_counter() - started
 
@@ -174,7 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
     state_dict = {key: value.detach().cpu() for key, value in net.state_dict().items()}
     torch.save({"state_dict": state_dict, "net_config": config.to_dict()}, args.out)
     record = {
-        "command": " ".join(["python -m ecdna_exp.segmenter.train", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(
+            ["python -m ecdna_exp.segmenter.train", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
+        ),
         "seed": args.seed,
         "epochs": args.epochs,
         "crop": args.crop,
