@@ -150,9 +150,9 @@ def test_open_study_rejects_other_settings(tmp_path):
     space = _space("temperature=interval(0, 1.5)", "model=classical")
     study = open_study(_sweeper(), storage, space)
     study.tell(study.ask(space.distributions), 0.5)
-    with pytest.raises(ValueError, match="resume it with the same settings"):
+    with pytest.raises(ValueError, match="Resume it with the same settings"):
         open_study(_sweeper(), storage, _space("temperature=interval(0, 1.5)", "model=constant"))
-    with pytest.raises(ValueError, match="resume it with the same settings"):
+    with pytest.raises(ValueError, match="Resume it with the same settings"):
         open_study(_sweeper(), storage, _space("temperature=interval(0, 1.0)", "model=classical"))
     with pytest.raises(ValueError, match="is set to minimize"):
         open_study(_sweeper(direction="maximize"), storage, space)

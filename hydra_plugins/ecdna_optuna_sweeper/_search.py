@@ -77,7 +77,7 @@ def open_study(sweeper, storage_url: str, space: SearchSpace) -> optuna.Study:
     if study.direction.name.lower() != sweeper.direction:
         raise ValueError(
             f"study {sweeper.study_name!r} in {storage_url} is set to {study.direction.name.lower()}, "
-            f"not {sweeper.direction}; choose another hydra.sweeper.study_name"
+            f"not {sweeper.direction}. Choose another hydra.sweeper.study_name."
         )
 
     fingerprint = _study_fingerprint(sweeper.config, space)
@@ -86,7 +86,7 @@ def open_study(sweeper, storage_url: str, space: SearchSpace) -> optuna.Study:
         if stored != fingerprint:
             raise ValueError(
                 f"study {sweeper.study_name!r} in {storage_url} was run with {stored}, but this search has "
-                f"{fingerprint}; resume it with the same settings or choose another hydra.sweeper.study_name"
+                f"{fingerprint}. Resume it with the same settings or choose another hydra.sweeper.study_name."
             )
     for key, value in fingerprint.items():
         study.set_user_attr(key, value)
