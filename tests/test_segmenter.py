@@ -155,7 +155,7 @@ def test_tile_cores_partition_image():
         coverage[t.core_rows[0] : t.core_rows[1], t.core_cols[0] : t.core_cols[1]] += 1
     assert len(tiles) == 4 * 5
     assert (coverage == 1).all()
-    # Row starts 0, 148, 296, 444 and column starts 0, 186, 372, 558, 744; each
+    # Row starts 0, 148, 296, 444 and column starts 0, 186, 372, 558, 744. Each
     # core border is the middle of an overlap, e.g. (744 + 558 + 256) // 2 = 779.
     assert tiles[0].core_rows == (0, 202)
     assert tiles[0].core_cols == (0, 221)

@@ -119,9 +119,9 @@ def count_whole_spread(
         Tile side and overlap of neighbouring tiles, in pixels of the rescaled image.
     kind : {"centroids", "count"}
         ``"centroids"``: the counter returns the ``(N, 2)`` (row, column)
-        centroids of its objects in tile pixels and sees the whole tile; an
+        centroids of its objects in tile pixels and receives the whole tile; an
         object counts for the tile whose core holds its centroid. ``"count"``:
-        the counter returns a number and sees the tile with every pixel outside
+        the counter returns a number and receives the tile with every pixel outside
         the core set to 0 (black background), and the tile counts are summed.
     scale : float
         Factor by which the image is resized before tiling, to bring its
