@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ecdna_exp.ground_truth import CLASS_COLOURS, CLASS_NAMES, count_components
+from ecdna_exp.ground_truth import CLASS_COLOURS, CLASS_NAMES, component_centroids, count_components
 from ecdna_exp.models.base import CountingModel, ModelConfigError, Request, Response
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,9 @@ class SegmenterCounter(CountingModel):
                 continue
             self.last_label_maps[request.image_id] = label_map
             mask = drop_small_components(label_map == self.class_index, self.min_area)
-            responses.append(Response(str(count_components(mask)), time.perf_counter() - start))
+            responses.append(
+                Response(str(count_components(mask)), time.perf_counter() - start, points=component_centroids(mask))
+            )
         return responses
 
     def describe(self) -> dict[str, Any]:
