@@ -79,6 +79,8 @@ def run_job(cfg: DictConfig, *, run_name: str, parent_run_id: str | None, output
             model.close()
             cache.close()
         tracking.log_result(result, model.name)
+        if model.is_loaded and hasattr(model.loaded, "segmenter"):
+            tracking.log_segmentations(model.loaded, dataset, result.predictions)
         tracking.mlflow.log_metrics({"cache_hits": cache.hits, "cache_misses": cache.misses})
         log.info("%s: MAE %.3f, RMSE %.3f, coverage %.1f%% over %d images (cache hits %d, misses %d)",
                  model.name, result.metrics["mae"], result.metrics["rmse"], 100 * result.metrics["coverage"],

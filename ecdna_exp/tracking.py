@@ -174,3 +174,27 @@ def log_result(result: ExperimentResult, model_name: str) -> None:
              f"coverage {m['coverage']:.0%} of {int(m['n'])}")
     _log_figure(plots.scatter_figure(counts_true, counts_pred, title), "scatter.png")
     _log_figure(plots.residual_histogram(counts_true, counts_pred, title), "residuals.png")
+
+
+def log_segmentations(segmenter_model, dataset: Dataset, predictions: pd.DataFrame, n_images: int = 8) -> None:
+    """Log predicted masks and overlays of the ``n_images`` images with the largest count errors.
+
+    ``segmenter_model`` is a loaded :class:`ecdna_exp.models.segmenter.SegmenterCounter`.
+    Masks are saved in the ecSeg colours under ``masks/``, overlays under ``overlays/``.
+    """
+    from ecdna_exp.ground_truth import CLASS_COLOURS
+    from ecdna_exp.models.segmenter import overlay
+
+    palette = np.array([CLASS_COLOURS[k] for k in sorted(CLASS_COLOURS)], dtype=np.uint8)
+    errors = (predictions["count_pred"] - predictions["count_true"]).abs().fillna(np.inf)
+    worst = predictions.loc[errors.sort_values(ascending=False).index[:n_images], "image_id"]
+    samples = {sample.image_id: sample for sample in dataset.samples}
+    for image_id in worst:
+        try:
+            rgb = samples[image_id].load_rgb()
+        except ValueError as error:
+            log.warning("no overlay for image %s: %s", image_id, error)
+            continue
+        label_map = segmenter_model.segmenter.predict_label_map(rgb)
+        mlflow.log_image(palette[label_map], f"masks/{image_id}.png")
+        mlflow.log_image(overlay(rgb, label_map), f"overlays/{image_id}.png")
