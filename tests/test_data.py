@@ -108,3 +108,16 @@ def test_synthetic_dataset_is_deterministic():
     assert first.digest == second.digest
     assert len(first.pool) == 3
     assert not {s.image_id for s in first.pool} & {s.image_id for s in first.samples}
+
+
+def test_segmenter_ground_truth_for_unlabelled_images(sample_dir, tmp_path):
+    from ecdna_exp.segmenter import segment_counts
+
+    (tmp_path / "images").mkdir()
+    for stem in ("1026", "110"):
+        shutil.copy(sample_dir / "images" / f"{stem}.tif", tmp_path / "images" / f"{stem}.tif")
+    samples = load_ecseg_folder(tmp_path, ground_truth="segmenter")
+    assert [s.image_id for s in samples] == ["110", "1026"]
+    for sample in samples:
+        assert sample.counts == segment_counts(sample.load_rgb())
+        assert set(sample.counts) == {"num_nuclei", "num_chromosomes", "num_ecDNA"}
