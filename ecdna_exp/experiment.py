@@ -10,6 +10,7 @@ what was computed.
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from dataclasses import dataclass, field
@@ -147,7 +148,7 @@ class Experiment:
     def _record(self, rows: list[dict[str, Any]]) -> None:
         frame = pd.DataFrame(rows)
         header = not self._partial_path.exists()
-        frame.to_csv(self._partial_path, mode="a", header=header, index=False)
+        frame.to_csv(self._partial_path, mode="a", header=header, index=False, quoting=csv.QUOTE_NONNUMERIC)
 
     def _run_batch(self, batch: list[Sample], trial: int, examples) -> list[dict[str, Any]]:
         settings = self.generation_settings(trial)

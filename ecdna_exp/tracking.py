@@ -7,6 +7,7 @@ the command was started from): ``mlflow.db`` (SQLite, the backend store) and
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -161,8 +162,10 @@ def log_result(result: ExperimentResult, model_name: str) -> None:
     mlflow.log_metrics({f"status_{sanitize_key(str(k))}": float(v) for k, v in status_counts.items()})
 
     mlflow.log_table(_jsonable(result.predictions), "predictions.json")
-    mlflow.log_text(result.predictions.to_csv(index=False), "predictions.csv")
-    mlflow.log_text(result.trial_predictions.to_csv(index=False), "trial_predictions.csv")
+    # Quoting every text field keeps carriage returns inside answers from splitting rows.
+    mlflow.log_text(result.predictions.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC), "predictions.csv")
+    mlflow.log_text(result.trial_predictions.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC),
+                    "trial_predictions.csv")
     mlflow.log_dict({"example_ids": result.example_ids, "generation": result.generation}, "run_details.json")
     effective = result.generation.get("effective") or {}
     mlflow.log_params({sanitize_key(f"effective_generation.{k}"): str(v) for k, v in effective.items()})

@@ -117,7 +117,7 @@ def test_segmenter_ground_truth_for_unlabelled_images(sample_dir, tmp_path):
     for stem in ("1026", "110"):
         shutil.copy(sample_dir / "images" / f"{stem}.tif", tmp_path / "images" / f"{stem}.tif")
     samples = load_ecseg_folder(tmp_path, ground_truth="segmenter")
-    assert [s.image_id for s in samples] == ["110", "1026"]
+    assert [s.image_id for s in samples] == ["1026", "110"]
     for sample in samples:
         assert sample.counts == segment_counts(sample.load_rgb())
         assert set(sample.counts) == {"num_nuclei", "num_chromosomes", "num_ecDNA"}

@@ -139,3 +139,12 @@ def test_corrupt_example_image_fails_clearly(tmp_path):
     dataset.pool = [Sample("bad", {"num_nuclei": 0, "num_chromosomes": 0, "num_ecDNA": 1}, path=bad)]
     with pytest.raises(ValueError, match="cannot read image"):
         _run(tmp_path, ScriptedModel({"img0": "1"}), dataset, shots=1)
+
+
+def test_partial_csv_keeps_carriage_returns(tmp_path):
+    dataset = _dataset(tmp_path, [2, 3])
+    model = ScriptedModel({"img0": "2\rsecond line", "img1": "3"})
+    _run(tmp_path, model, dataset)
+    partial = pd.read_csv(tmp_path / "out" / "predictions.partial.csv")
+    assert partial.shape[0] == 2
+    assert partial.loc[0, "answer_text"] == "2\rsecond line"
