@@ -59,7 +59,7 @@ def count_spread(
             unparsed += 1
             log.warning("tile answer not parsed: %r", response.answer_text or response.error)
             return 0
-        return int(round(value))
+        return round(value)
 
     kind = "centroids" if localises else "count"
     result = count_whole_spread(rgb, ask, tile=tile, overlap=overlap, kind=kind)

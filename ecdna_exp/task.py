@@ -24,8 +24,8 @@ from ecdna_exp.data import load_dataset
 from ecdna_exp.experiment import Experiment, ExperimentSettings
 from ecdna_exp.models import build_model
 from ecdna_exp.prompts import PromptSpec
-from ecdna_exp.tools import make_tool
 from ecdna_exp.sweep import read_parent_run_id
+from ecdna_exp.tools import make_tool
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")

@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from ecdna_exp.prompts import PromptSpec, build_opening, continue_conversation, describe_messages, select_examples
+from ecdna_exp.prompts import (
+    PromptSpec,
+    build_opening,
+    continue_conversation,
+    describe_messages,
+    select_examples,
+)
 from ecdna_exp.task import CONFIG_DIR
 
 GOLDEN_DIR = Path(__file__).parent / "golden"

@@ -1,12 +1,13 @@
 """Whole jobs with tiny random VLMs loaded through the normal checkpoint path."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_task import run_cli, runs_of
 
 from ecdna_exp.models.tiny import build_tiny_models
-from test_task import run_cli, runs_of
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,8 @@ def test_prompt_shot_sweep_logs_trials(tmp_path, tiny_dir, sample_dir):
         assert [m.step for m in client.get_metric_history(child.info.run_id, "trial_coverage")] == [0, 1, 2]
         trials = pd.read_csv(client.download_artifacts(child.info.run_id, "trial_predictions.csv"))
         assert sorted(trials["trial"].unique()) == [0, 1, 2]
-        details = json.loads(open(client.download_artifacts(child.info.run_id, "run_details.json")).read())
+        details_path = client.download_artifacts(child.info.run_id, "run_details.json")
+        details = json.loads(Path(details_path).read_text())
         assert len(details["example_ids"]) == int(child.data.params["shots"])
         if child.data.params["prompt.name"] == "multilayer":
             predictions = pd.read_csv(client.download_artifacts(child.info.run_id, "predictions.csv"))
