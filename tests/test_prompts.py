@@ -15,7 +15,7 @@ from ecdna_exp.prompts import (
 from ecdna_exp.task import CONFIG_DIR
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-PROMPTS = ["baseline", "pathologist", "ai_agent", "researcher", "multilayer"]
+PROMPTS = ["baseline", "pathologist", "ai_agent", "researcher", "multilayer", "tool_informed", "point_count"]
 
 
 def _prompt(name: str) -> PromptSpec:
@@ -28,7 +28,9 @@ def _conversation(spec: PromptSpec) -> list[dict[str, str]]:
     """Render a 2-shot conversation, with fixed answers for the later turns of a multi-turn prompt."""
     query = np.zeros((256, 256, 3), dtype=np.uint8)
     examples = [(np.zeros((256, 256, 3), dtype=np.uint8), 0), (np.zeros((256, 256, 3), dtype=np.uint8), 12)]
-    messages = build_opening(spec, query, examples)
+    fill = {"height": 256, "width": 256, "candidate_count": 7}
+    tool_images = [np.zeros((256, 256, 3), dtype=np.uint8)] if spec.tool else []
+    messages = build_opening(spec, query, examples, fill, tool_images)
     for step, turn in enumerate(spec.turns[1:], start=1):
         messages = continue_conversation(messages, f"<answer to step {step}>", turn)
     return describe_messages(messages)
