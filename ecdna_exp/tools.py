@@ -34,7 +34,7 @@ def _segmenter_tool() -> Callable[[np.ndarray], ToolOutput]:
 
     def run(rgb: np.ndarray) -> ToolOutput:
         label_map = segmenter.predict_label_map(rgb)
-        counts = count_label_map(label_map, segmenter.min_ecdna_area)
+        counts = count_label_map(label_map, segmenter.min_areas)
         return ToolOutput(fill={"candidate_count": counts["num_ecDNA"]}, images=[overlay(rgb, label_map)])
 
     return run

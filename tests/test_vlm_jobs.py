@@ -51,3 +51,17 @@ def test_prompt_shot_sweep_logs_trials(tmp_path, tiny_dir, sample_dir):
         if child.data.params["prompt.name"] == "multilayer":
             predictions = pd.read_csv(client.download_artifacts(child.info.run_id, "predictions.csv"))
             assert {"step1_answer", "step2_answer", "step3_answer"} <= set(predictions.columns)
+
+
+@pytest.mark.slow
+def test_tool_and_point_prompts_run(tmp_path, tiny_dir, sample_dir):
+    run_cli(tmp_path, "-m", "model=qwen", f"checkpoint_dir={tiny_dir}", "prompt=tool_informed,point_count",
+            "dataset=ecseg", f"dataset.root={sample_dir}", "dataset.limit=2", "generation.max_new_tokens=6")
+    client, _, children = runs_of(tmp_path)
+    by_prompt = {c.data.params["prompt.name"]: c for c in children}
+    assert set(by_prompt) == {"tool_informed", "point_count"}
+    for child in children:
+        assert child.info.status == "FINISHED"
+    tool_rows = pd.read_csv(client.download_artifacts(by_prompt["tool_informed"].info.run_id, "trial_predictions.csv"))
+    assert tool_rows["tool_candidate_count"].notna().all()
+    assert by_prompt["point_count"].data.params["prompt.points"] == "pixels"
