@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch and torchvision are pinned to releases that make the official VLM processors work on CPU.
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install -q -e ".[gpu,api,demo,dev,slurm]"
+	$(BIN)/pip install -q -e ".[gpu,segmenter,api,demo,dev,slurm]"
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the package with all extras
