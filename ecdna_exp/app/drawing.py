@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ecdna_exp.ground_truth import BACKGROUND, CLASS_COLOURS
+from ecdna_exp.models.segmenter import overlay
 
 #: Pictures with detection markers are enlarged by a whole factor until their short side
 #: reaches this many pixels, so markers stay sharp.
@@ -19,35 +19,8 @@ def display_scale(shape: tuple[int, ...]) -> int:
 
 
 def label_overlay(rgb: np.ndarray, label_map: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Blend the ecSeg class colours of a label map over an image.
-
-    Background pixels keep the image; nucleus, chromosome and ecDNA pixels
-    are mixed with their class colour (:data:`ecdna_exp.ground_truth.CLASS_COLOURS`).
-
-    Parameters
-    ----------
-    rgb : np.ndarray
-        ``(H, W, 3)`` uint8 image.
-    label_map : np.ndarray
-        ``(H, W)`` uint8 class indices 0-3 of the same size.
-    alpha : float
-        Weight of the class colour, 0-1.
-
-    Returns
-    -------
-    np.ndarray
-        ``(H, W, 3)`` uint8 overlay.
-    """
-    if label_map.shape != rgb.shape[:2]:
-        raise ValueError(f"label map of shape {label_map.shape} does not fit an image of shape "
-                         f"{rgb.shape[:2]}")
-    overlay = rgb.astype(float)
-    for class_index, colour in CLASS_COLOURS.items():
-        if class_index == BACKGROUND:
-            continue
-        mask = label_map == class_index
-        overlay[mask] = (1 - alpha) * overlay[mask] + alpha * np.asarray(colour, dtype=float)
-    return np.clip(np.rint(overlay), 0, 255).astype(np.uint8)
+    """Blend the ecSeg class colours of a label map over an image; see :func:`ecdna_exp.models.segmenter.overlay`."""
+    return overlay(rgb, label_map, alpha)
 
 
 def draw_detections(rgb: np.ndarray, centroids: np.ndarray, radius: float = 4.0) -> np.ndarray:
