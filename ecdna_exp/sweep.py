@@ -60,11 +60,11 @@ def summarise_children(client, experiment_id: str, parent_run_id: str) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def _paired_test(client, summary: pd.DataFrame) -> dict[str, bool]:
+def _paired_test(summary: pd.DataFrame, predictions_by_run: dict[str, pd.DataFrame]) -> dict[str, bool]:
     """Run the paired bootstrap on the finished children, over the images they all evaluated."""
     per_run = {}
     for _, row in summary[summary["status"] == "FINISHED"].iterrows():
-        predictions = _load_predictions(client, row["run_id"])
+        predictions = predictions_by_run.get(row["run_id"])
         if predictions is not None:
             per_run[row["label"]] = predictions.set_index("image_id")
     if len(per_run) < 2:
@@ -88,13 +88,18 @@ def log_sweep_summary(client, experiment_id: str, parent_run_id: str) -> pd.Data
     summary = summarise_children(client, experiment_id, parent_run_id)
     if summary.empty:
         return summary
-    not_worse = _paired_test(client, summary)
+    finished = summary[summary["status"] == "FINISHED"]
+    predictions_by_run = {}
+    for run_id in finished["run_id"]:
+        predictions = _load_predictions(client, run_id)
+        if predictions is not None:
+            predictions_by_run[run_id] = predictions
+    not_worse = _paired_test(summary, predictions_by_run)
     summary["not_worse_than_best"] = summary["label"].map(not_worse)
     client.log_text(parent_run_id, summary.to_csv(index=False), "comparison.csv")
     client.log_text(parent_run_id, summary.to_markdown(index=False) if _has_tabulate() else summary.to_string(),
                     "comparison.txt")
 
-    finished = summary[summary["status"] == "FINISHED"]
     if not finished.empty:
         figure = plots.error_bars_figure(finished)
         try:
@@ -103,7 +108,7 @@ def log_sweep_summary(client, experiment_id: str, parent_run_id: str) -> pd.Data
             plt.close(figure)
         panels = []
         for _, row in finished.iterrows():
-            predictions = _load_predictions(client, row["run_id"])
+            predictions = predictions_by_run.get(row["run_id"])
             if predictions is not None:
                 title = f"{row['label']} (MAE {row['mae']:.2f}, coverage {row['coverage']:.0%})"
                 panels.append((title, predictions["count_true"].to_numpy(float),
@@ -132,7 +137,8 @@ def _has_tabulate() -> bool:
 
 def format_summary(summary: pd.DataFrame) -> str:
     """Render the comparison table for the terminal."""
-    columns = ["label", "status", "n", "coverage", "mae", "mae_ci_low", "mae_ci_high", "rmse", "pearson_r", "skill"]
+    columns = ["label", "status", "n", "coverage", "mae", "mae_ci_low", "mae_ci_high", "rmse", "pearson_r", "skill",
+               "not_worse_than_best"]
     columns = [c for c in columns if c in summary.columns]
     buffer = io.StringIO()
     summary[columns].to_string(buffer, index=False, float_format=lambda v: f"{v:.3f}")
@@ -174,4 +180,5 @@ class MlflowSweepCallback(Callback):
         if self.print_summary and not summary.empty:
             print(f"\nResults ({len(summary)} runs, parent run {parent_run_id}):")
             print(format_summary(summary))
-            print(f"\nOpen them with `make ui` (MLflow at http://127.0.0.1:5000, store {store.directory}).")
+            print(f"\nOpen them in MLflow: `make ui`, or mlflow ui --backend-store-uri {store.tracking_uri} "
+                  "--host 127.0.0.1 --port 5000")
