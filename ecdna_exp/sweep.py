@@ -153,14 +153,16 @@ class MlflowSweepCallback(Callback):
         self._parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from ecdna_exp.tracking import store_from_config
+        from ecdna_exp.tracking import mark_orphaned_runs, process_tag, store_from_config
 
         store = store_from_config(config)
         experiment_id = store.ensure_experiment(config.tracking.experiment)
+        mark_orphaned_runs(store.client, experiment_id)
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         run = store.client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}",
-                                      tags={"sweep_dir": str(sweep_dir.resolve()), "role": "sweep"})
+                                      tags={"sweep_dir": str(sweep_dir.resolve()), "role": "sweep",
+                                            "process": process_tag()})
         self._parent_run_id = run.info.run_id
         (sweep_dir / PARENT_ID_FILE).write_text(run.info.run_id)
         log.info("MLflow parent run %s in experiment %r", run.info.run_id, config.tracking.experiment)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import socket
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,10 +97,46 @@ def flatten_config(cfg: DictConfig) -> tuple[dict[str, str], dict[str, str]]:
     return params, long_params
 
 
+def process_tag() -> str:
+    """Return ``host:pid`` of this process, tagged on runs so orphans of killed processes can be found."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_orphaned_runs(client: MlflowClient, experiment_id: str) -> int:
+    """Mark RUNNING runs whose process on this host has died as KILLED; returns how many.
+
+    A sweep killed with SIGKILL cannot end its runs. Runs started on another
+    host are left alone, because their process cannot be checked from here.
+    """
+    host = socket.gethostname()
+    marked = 0
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tag = run.data.tags.get("process", "")
+        run_host, _, pid = tag.rpartition(":")
+        if run_host == host and pid.isdigit() and not _process_alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            marked += 1
+    if marked:
+        log.warning("marked %d runs of killed processes as KILLED", marked)
+    return marked
+
+
 @contextmanager
 def child_run(store: TrackingStore, experiment_id: str, run_name: str, parent_run_id: str | None) -> Iterator:
     """Start an MLflow run that always ends: FINISHED on success, FAILED on any exception."""
-    tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else {}
+    tags = {"process": process_tag()}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
     run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
     try:
         yield run

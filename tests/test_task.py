@@ -88,3 +88,20 @@ def test_invalid_config_value_fails_clearly(tmp_path):
     result = run_cli(tmp_path, "temperature=-0.5", check=False)
     assert result.returncode != 0
     assert "temperature must be >= 0" in result.stdout + result.stderr
+
+
+def test_orphaned_runs_marked_killed(tmp_path):
+    from ecdna_exp.tracking import TrackingStore, mark_orphaned_runs, process_tag
+
+    store = TrackingStore(tmp_path / "mlruns")
+    experiment_id = store.ensure_experiment("orphans")
+    host = process_tag().rpartition(":")[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    orphan = store.client.create_run(experiment_id, tags={"process": f"{host}:{dead.stdout.strip()}"})
+    alive = store.client.create_run(experiment_id, tags={"process": process_tag()})
+    elsewhere = store.client.create_run(experiment_id, tags={"process": "other-host:1"})
+    assert mark_orphaned_runs(store.client, experiment_id) == 1
+    assert store.client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert store.client.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert store.client.get_run(elsewhere.info.run_id).info.status == "RUNNING"
