@@ -25,7 +25,7 @@ class NetConfig:
     in_channels: int = 1
     num_classes: int = 4
     base_channels: int = 16
-    depth: int = 4
+    depth: int = 5
     unshuffle: int = 2
 
     def to_dict(self) -> dict[str, int]:

@@ -69,7 +69,8 @@ class Segmenter:
     metadata : dict
         The training record stored beside the weights (may be empty). Its
         ``min_areas`` (pixels, by class name) set the smallest component
-        counted per class.
+        counted per class, and its ``test_time_views`` (1 or 8, default 1)
+        how many flipped and rotated views of each input are averaged.
     device : str
         Torch device to run on, e.g. ``"cpu"`` or ``"cuda"``.
     """
@@ -86,6 +87,10 @@ class Segmenter:
         #: Smallest component counted, in pixels, by class index.
         self.min_areas = {names[name]: int(area) for name, area in self.metadata.get("min_areas", {}).items()}
         self.tile = int(self.metadata.get("tile", 256))
+        #: Number of the 8 flips and rotations of the input whose probabilities are averaged (1 or 8).
+        self.test_time_views = int(self.metadata.get("test_time_views", 1))
+        if self.test_time_views not in (1, 8):
+            raise ModelConfigError(f"test_time_views must be 1 or 8, got {self.test_time_views}")
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu") -> Segmenter:
@@ -110,13 +115,26 @@ class Segmenter:
         metadata = json.loads(record_path.read_text()) if record_path.is_file() else {}
         return cls(net, metadata, device, path)
 
-    @torch.no_grad()
     def predict_probabilities(self, dapi: np.ndarray) -> np.ndarray:
         """Return the ``(4, H, W)`` float32 class probabilities of one ``(H, W)`` DAPI array in [0, 1].
 
-        The input is padded by reflection to a multiple of the network's size
-        step and the padding is cut from the output.
+        With :attr:`test_time_views` of 8, the network labels the 4 rotations
+        of the input and of its mirror image, and the probabilities are
+        turned back and averaged. This costs 8 forward passes.
         """
+        if self.test_time_views == 1:
+            return self._predict_view(dapi)
+        total = np.zeros((self.net.config.num_classes,) + dapi.shape, dtype=np.float32)
+        for mirrored in (False, True):
+            view = dapi[:, ::-1] if mirrored else dapi
+            for turns in range(4):
+                probabilities = np.rot90(self._predict_view(np.rot90(view, turns)), -turns, axes=(1, 2))
+                total += probabilities[:, :, ::-1] if mirrored else probabilities
+        return total / 8
+
+    @torch.no_grad()
+    def _predict_view(self, dapi: np.ndarray) -> np.ndarray:
+        """Run the network once on ``dapi``, padded by reflection to a multiple of its size step."""
         height, width = dapi.shape
         step = self.net.config.size_multiple
         pad_bottom, pad_right = -height % step, -width % step

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -52,7 +53,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="ecSeg sample folder with images/ and labels/"
     )
-    parser.add_argument("--epochs", type=int, default=24, help="passes over the training patches")
+    parser.add_argument(
+        "--epochs", type=int, default=24, help="passes over the training patches when --minutes is 0"
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=18.0,
+        help="training time budget in minutes; the learning-rate schedule follows the elapsed time "
+        "and training stops when the budget is spent (0: run --epochs epochs instead)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="weights file to write (.pt)")
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the split, initial weights and augmentation"
@@ -62,17 +72,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--val-fraction", type=float, default=0.2, help="share of patches held out for validation"
     )
-    parser.add_argument("--crop", type=int, default=128, help="side in pixels of the random training crops")
+    parser.add_argument("--crop", type=int, default=256, help="side in pixels of the random training crops")
     parser.add_argument("--batch-size", type=int, default=8, help="crops per optimisation step")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
     parser.add_argument(
         "--synthetic",
         type=int,
-        default=32,
+        default=16,
         help="synthetic patches mixed into each epoch (0 for real data only)",
     )
     parser.add_argument("--base-channels", type=int, default=16, help="U-Net feature maps at the first level")
-    parser.add_argument("--depth", type=int, default=4, help="U-Net levels (depth - 1 downsamplings)")
+    parser.add_argument("--depth", type=int, default=5, help="U-Net levels (depth - 1 downsamplings)")
+    parser.add_argument(
+        "--test-time-views",
+        type=int,
+        choices=(1, 8),
+        default=8,
+        help="flipped and rotated views averaged at prediction time, stored in the JSON record",
+    )
     parser.add_argument(
         "--limit", type=int, default=0, help="use only the first N patches (smoke runs); 0 for all"
     )
@@ -90,6 +107,47 @@ def loss_function(logits: torch.Tensor, target: torch.Tensor, class_weights: tor
     intersection = (ecdna_prob * ecdna_true).sum()
     dice = (2 * intersection + 1.0) / (ecdna_prob.sum() + ecdna_true.sum() + 1.0)
     return cross_entropy + DICE_WEIGHT * (1.0 - dice)
+
+
+class TimeBudgetSchedule:
+    """One-cycle learning rate driven by the share of a time budget already spent.
+
+    The rate rises on a cosine from ``max_lr / 25`` to ``max_lr`` over the
+    first 10% of ``seconds`` and falls on a cosine to ``max_lr / 1e4`` by the
+    end, as :class:`torch.optim.lr_scheduler.OneCycleLR` does over steps.
+    Call :meth:`step` after each optimiser step and stop training once
+    :attr:`done` is true.
+    """
+
+    def __init__(self, optimiser: torch.optim.Optimizer, max_lr: float, seconds: float, warmup: float = 0.1):
+        self.optimiser = optimiser
+        self.max_lr = max_lr
+        self.seconds = seconds
+        self.warmup = warmup
+        self.started = time.perf_counter()
+        self._set_lr(0.0)
+
+    @property
+    def fraction(self) -> float:
+        """Share of the budget spent, from 0 upwards."""
+        return (time.perf_counter() - self.started) / self.seconds
+
+    @property
+    def done(self) -> bool:
+        return self.fraction >= 1.0
+
+    def _set_lr(self, fraction: float) -> None:
+        start, final = self.max_lr / 25, self.max_lr / 1e4
+        if fraction < self.warmup:
+            lr = start + (self.max_lr - start) * (1 - math.cos(math.pi * fraction / self.warmup)) / 2
+        else:
+            progress = min(1.0, (fraction - self.warmup) / (1 - self.warmup))
+            lr = final + (self.max_lr - final) * (1 + math.cos(math.pi * progress)) / 2
+        for group in self.optimiser.param_groups:
+            group["lr"] = lr
+
+    def step(self) -> None:
+        self._set_lr(self.fraction)
 
 
 def synthetic_pool(count: int, seed: int) -> list[Patch]:
@@ -113,6 +171,8 @@ def train_epoch(net, optimiser, scheduler, samples, rng, args, class_weights, de
     losses = []
     ecdna_hits = ecdna_total = 0
     for start in range(0, len(order), args.batch_size):
+        if getattr(scheduler, "done", False):
+            break
         views = [
             augment(samples[i].dapi, samples[i].label_map, rng, args.crop)
             for i in order[start : start + args.batch_size]
@@ -172,12 +232,22 @@ def main(argv: list[str] | None = None) -> dict:
     samples_per_epoch = len(train_patches) + min(args.synthetic, len(synthetic))
     steps_per_epoch = -(-samples_per_epoch // args.batch_size)
     optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=args.lr, total_steps=max(1, args.epochs * steps_per_epoch), pct_start=0.1
-    )
+    if args.minutes > 0:
+        scheduler = TimeBudgetSchedule(optimiser, args.lr, 60.0 * args.minutes)
+        max_epochs = sys.maxsize
+    else:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimiser, max_lr=args.lr, total_steps=max(1, args.epochs * steps_per_epoch), pct_start=0.1
+        )
+        max_epochs = args.epochs
 
+    load_at_start = list(os.getloadavg())
+    log.info("load average at start %s", load_at_start)
     started = time.perf_counter()
-    for epoch in range(args.epochs):
+    epochs_run = 0
+    for epoch in range(max_epochs):
+        if getattr(scheduler, "done", False):
+            break
         picked = (
             rng.choice(len(synthetic), size=min(args.synthetic, len(synthetic)), replace=False)
             if synthetic
@@ -187,17 +257,17 @@ def main(argv: list[str] | None = None) -> dict:
         loss, ecdna_recall = train_epoch(
             net, optimiser, scheduler, samples, rng, args, class_weights, args.device
         )
+        epochs_run = epoch + 1
         log.info(
-            "epoch %d/%d loss %.4f, ecDNA pixel recall %.3f (%.0f s)",
-            epoch + 1,
-            args.epochs,
+            "epoch %d loss %.4f, ecDNA pixel recall %.3f (%.0f s)",
+            epochs_run,
             loss,
             ecdna_recall,
             time.perf_counter() - started,
         )
     train_seconds = time.perf_counter() - started
 
-    segmenter = Segmenter(net, device=args.device)
+    segmenter = Segmenter(net, {"test_time_views": args.test_time_views}, device=args.device)
     scores = calibrate_and_score(segmenter, train_patches, val_patches)
     log.info("minimum areas %s; validation scores %s", scores["min_areas"], scores["val_scores"])
 
@@ -209,7 +279,9 @@ def main(argv: list[str] | None = None) -> dict:
             ["python -m ecdna_exp.segmenter.train", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]
         ),
         "seed": args.seed,
-        "epochs": args.epochs,
+        "epochs": epochs_run,
+        "time_budget_minutes": args.minutes,
+        "load_average_start_end": [load_at_start, list(os.getloadavg())],
         "crop": args.crop,
         "batch_size": args.batch_size,
         "lr": args.lr,
@@ -220,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
         "parameters": count_parameters(net),
         "input": "DAPI (blue channel, or grey for grey images) / 255, one channel",
         "tile": 256,
+        "test_time_views": args.test_time_views,
         "min_areas": scores["min_areas"],
         "data": str(args.data),
         "train_ids": train_ids,
