@@ -64,10 +64,16 @@ def _to_rgb(array: np.ndarray) -> np.ndarray:
 def is_inverted(rgb: np.ndarray) -> bool:
     """Tell whether an image has a bright background and dark objects.
 
-    Metaphase spreads are mostly background, so the median intensity is the
-    background level. A median above mid-grey means an inverted image.
+    A white background is bright in all three channels, whereas a bright
+    DAPI nucleus is bright in blue alone. So the test uses the smallest of the
+    three channels per pixel: the image counts as inverted when both its median
+    and the median of its one-pixel border are above mid-grey. The border test
+    keeps a grey patch filled by bright nuclei from being inverted, because its
+    edges usually show the dark background.
     """
-    return float(np.median(rgb.max(axis=2))) > 127.0
+    darkest = rgb.min(axis=2)
+    border = np.concatenate([darkest[0], darkest[-1], darkest[:, 0], darkest[:, -1]])
+    return float(np.median(darkest)) > 127.0 and float(np.median(border)) > 127.0
 
 
 def load_image(path: str | Path, *, grayscale_as_dapi: bool = True, fix_inverted: bool = True) -> np.ndarray:
