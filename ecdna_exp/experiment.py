@@ -1,8 +1,9 @@
 """One experiment: every evaluated image through the model, parsed and aggregated.
 
-For each trial and each batch of images the runner builds the conversations
-(few-shot examples, then the query image), asks the model for each turn of
-the prompt in turn, and parses the last answer. Answers come from the cache
+For each batch of images the runner reads each image and runs the prompt's
+tool once, and builds the opening messages (few-shot examples, then the query
+image). Then, for each trial, it sends every turn of the prompt in order and
+parses the last answer. Answers come from the cache
 when an identical request was answered before. Every answer is appended to
 ``predictions.partial.csv`` as soon as its batch finishes, so a crash keeps
 what was computed.
@@ -151,7 +152,27 @@ class Experiment:
         header = not self._partial_path.exists()
         frame.to_csv(self._partial_path, mode="a", header=header, index=False, quoting=csv.QUOTE_NONNUMERIC)
 
-    def _run_batch(self, batch: list[Sample], trial: int, examples) -> list[dict[str, Any]]:
+    def _prepare_batch(self, batch: list[Sample], examples) -> dict[str, Any]:
+        """Load each image once and build its opening messages, shared by all trials.
+
+        Returns ``{image_id: (opening messages, shape, tool fill)}``, or an
+        error message string for an image that failed to load.
+        """
+        prepared: dict[str, Any] = {}
+        for sample in batch:
+            try:
+                rgb = sample.load_rgb(self.settings.image_view)
+            except ImageLoadError as error:
+                log.error("image %s failed to load: %s", sample.image_id, error)
+                prepared[sample.image_id] = str(error)
+                continue
+            tool_output = self.tool(rgb) if self.tool else ToolOutput()
+            fill = {"height": rgb.shape[0], "width": rgb.shape[1], **tool_output.fill}
+            opening = build_opening(self.prompt, rgb, examples, fill, tool_output.images)
+            prepared[sample.image_id] = (opening, rgb.shape[:2], tool_output.fill)
+        return prepared
+
+    def _run_batch(self, batch: list[Sample], trial: int, prepared: dict[str, Any]) -> list[dict[str, Any]]:
         settings = self.generation_settings(trial)
         rows: dict[str, dict[str, Any]] = {}
         conversations: dict[str, list[Message]] = {}
@@ -162,18 +183,13 @@ class Experiment:
                    "answer_text": None, "count_pred": np.nan, "parse_status": None, "confidence": np.nan,
                    "latency_s": 0.0, "error": None}
             rows[sample.image_id] = row
-            try:
-                rgb = sample.load_rgb(self.settings.image_view)
-            except ImageLoadError as error:
-                log.error("image %s failed to load: %s", sample.image_id, error)
-                row.update(parse_status=IMAGE_ERROR, error=str(error))
+            entry = prepared[sample.image_id]
+            if isinstance(entry, str):
+                row.update(parse_status=IMAGE_ERROR, error=entry)
                 continue
-            tool_output = self.tool(rgb) if self.tool else ToolOutput()
-            if tool_output.fill:
-                row.update({f"tool_{k}": v for k, v in tool_output.fill.items()})
-            shapes[sample.image_id] = rgb.shape[:2]
-            fill = {"height": rgb.shape[0], "width": rgb.shape[1], **tool_output.fill}
-            conversations[sample.image_id] = build_opening(self.prompt, rgb, examples, fill, tool_output.images)
+            opening, shapes[sample.image_id], tool_fill = entry
+            row.update({f"tool_{k}": v for k, v in tool_fill.items()})
+            conversations[sample.image_id] = opening
 
         for step, turn in enumerate(self.prompt.turns):
             if step > 0:
@@ -243,17 +259,18 @@ class Experiment:
         all_rows: list[dict[str, Any]] = []
         total = s.trials * len(samples)
         with tqdm(total=total, desc=f"{self.model.name}", unit="image", disable=None, mininterval=2.0) as bar:
-            for trial in range(s.trials):
-                for start in range(0, len(samples), batch_size):
-                    batch = samples[start : start + batch_size]
+            for start in range(0, len(samples), batch_size):
+                batch = samples[start : start + batch_size]
+                prepared = self._prepare_batch(batch, examples)
+                for trial in range(s.trials):
                     started = time.perf_counter()
-                    rows = self._run_batch(batch, trial, examples)
-                    log.debug("batch of %d took %.2f s", len(batch), time.perf_counter() - started)
+                    rows = self._run_batch(batch, trial, prepared)
+                    log.debug("batch of %d, trial %d took %.2f s", len(batch), trial, time.perf_counter() - started)
                     self._record(rows)
                     all_rows.extend(rows)
                     bar.update(len(batch))
 
-        trial_predictions = pd.DataFrame(all_rows)
+        trial_predictions = pd.DataFrame(all_rows).sort_values(["trial"], kind="stable").reset_index(drop=True)
         predictions = aggregate_trials(trial_predictions, s.aggregation)
         metrics = count_metrics(predictions["count_true"].to_numpy(), predictions["count_pred"].to_numpy(),
                                 n_resamples=s.bootstrap_resamples, seed=s.seed)
