@@ -184,7 +184,7 @@ def _log_figure(figure: plt.Figure, path: str) -> None:
 
 def log_result(result: ExperimentResult, model_name: str) -> None:
     """Log metrics, predictions tables and figures of a finished experiment to the active run."""
-    # NaN is logged too: an MAE of NaN says that no answer was parsed.
+    # NaN is logged too: an MAE of NaN means that no answer was parsed.
     mlflow.log_metrics({k: float(v) for k, v in result.metrics.items() if v is not None})
     for trial, trial_metrics in enumerate(result.trial_metrics):
         mlflow.log_metrics({f"trial_{k}": float(v) for k, v in trial_metrics.items()}, step=trial)
