@@ -71,7 +71,14 @@ def run_job(cfg: DictConfig, *, run_name: str, parent_run_id: str | None, output
             prompt = PromptSpec.from_config(cfg.prompt)
             experiment = Experiment(model, dataset, prompt, settings_from_config(cfg), cache, output_dir,
                                     tool=make_tool(prompt.tool))
-            result = experiment.run()
+            try:
+                result = experiment.run()
+            except Exception:
+                # Keep the answers finished before the failure with the FAILED run.
+                partial = output_dir / "predictions.partial.csv"
+                if partial.exists():
+                    tracking.mlflow.log_artifact(str(partial))
+                raise
             effective = model.effective_generation(experiment.generation_settings(0))
             if effective:
                 result.generation["effective"] = effective
