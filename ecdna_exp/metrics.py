@@ -159,8 +159,9 @@ def paired_bootstrap_not_worse(
     dict
         ``best`` (name) and ``not_worse`` (``{name: bool}``). A configuration
         is significantly worse when the lower end of the two-sided bootstrap
-        interval of MAE(name) - MAE(best), resampling images jointly, is above
-        zero; otherwise it is marked not worse.
+        interval of MAE(name) - MAE(best) is above zero. The images are
+        resampled jointly for all configurations. Any other configuration is
+        marked not worse.
     """
     names = list(abs_errors)
     matrix = np.vstack([abs_errors[name] for name in names])

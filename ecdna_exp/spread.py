@@ -4,7 +4,7 @@
 
 The spread is cut into overlapping tiles (:mod:`ecdna_exp.segmenter.tiling`).
 Models that report positions (the classical counter, the segmenter) see each
-whole tile, and an object counts for the tile whose core holds its centroid.
+whole tile, and an object counts for the tile whose core contains its centroid.
 Text-only models (VLMs) see each tile with everything outside its core
 blacked out, and their parsed tile counts are summed; a tile whose answer
 does not parse adds nothing and is reported.
