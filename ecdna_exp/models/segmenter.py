@@ -58,6 +58,10 @@ class SegmenterCounter(CountingModel):
     min_area : int, optional
         Smallest component counted, in pixels. None takes the minimum for
         ``count_class`` chosen on the training patches and stored beside the weights.
+    ecdna_threshold : float, optional
+        ecDNA probability above which a pixel is labelled ecDNA, between 0 and 1.
+        None takes the threshold chosen on the training patches and stored
+        beside the weights.
     device : str
         Torch device, e.g. ``cpu`` or ``cuda``.
     batch_size : int
@@ -71,6 +75,7 @@ class SegmenterCounter(CountingModel):
         weights: str | None = None,
         count_class: str = "ecDNA",
         min_area: int | None = None,
+        ecdna_threshold: float | None = None,
         device: str = "cpu",
         batch_size: int = 16,
     ):
@@ -86,6 +91,8 @@ class SegmenterCounter(CountingModel):
         self.count_class = count_class
         self.weights = Path(weights) if weights else None
         self.segmenter = Segmenter.load(self.weights, device=device)
+        if ecdna_threshold is not None:
+            self.segmenter.ecdna_threshold = ecdna_threshold
         if min_area is None:
             min_area = self.segmenter.min_areas.get(self.class_index, 0)
         self.min_area = int(min_area)
@@ -121,4 +128,5 @@ class SegmenterCounter(CountingModel):
             "weights_sha256": self.weights_sha256,
             "count_class": self.count_class,
             "min_area": self.min_area,
+            "ecdna_threshold": self.segmenter.ecdna_threshold,
         }

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
-from ecdna_exp.ground_truth import ECDNA, load_label_map
+from ecdna_exp.ground_truth import ECDNA, EIGHT_CONNECTED, load_label_map
 from ecdna_exp.imaging import dapi_channel, load_image
 
 log = logging.getLogger(__name__)
@@ -18,11 +19,34 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / 
 
 @dataclass
 class Patch:
-    """One labelled patch: its id, ``(H, W)`` float32 DAPI in [0, 1] and ``(H, W)`` uint8 label map."""
+    """One labelled patch: its id, ``(H, W)`` float32 DAPI in [0, 1] and ``(H, W)`` uint8 label map.
+
+    ``pixel_weights``, when set, is the ``(H, W)`` float32 loss weight of each pixel in training.
+    """
 
     image_id: str
     dapi: np.ndarray
     label_map: np.ndarray
+    pixel_weights: np.ndarray | None = None
+
+
+def separation_mask(label_map: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Return the ``(H, W)`` bool mask of non-ecDNA pixels that lie between two ecDNA.
+
+    A pixel is marked when two different 8-connected ecDNA components both lie
+    within ``radius`` pixels of it (in the chessboard distance). These thin gaps
+    decide whether neighbouring ecDNA are counted as one or two, so training
+    weights them up.
+    """
+    components, count = ndimage.label(label_map == ECDNA, structure=EIGHT_CONNECTED)
+    if count < 2:
+        return np.zeros(label_map.shape, dtype=bool)
+    size = 2 * radius + 1
+    highest = ndimage.maximum_filter(components, size=size, mode="constant", cval=0)
+    lowest = ndimage.minimum_filter(
+        np.where(components > 0, components, count + 1), size=size, mode="constant", cval=count + 1
+    )
+    return (components == 0) & (highest > 0) & (lowest <= count) & (highest != lowest)
 
 
 def dapi_input(rgb: np.ndarray) -> np.ndarray:
@@ -65,8 +89,13 @@ def split_ids(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str]
 
 
 def augment(
-    dapi: np.ndarray, label_map: np.ndarray, rng: np.random.Generator, crop: int, focus: float = 0.5
-) -> tuple[np.ndarray, np.ndarray]:
+    dapi: np.ndarray,
+    label_map: np.ndarray,
+    rng: np.random.Generator,
+    crop: int,
+    focus: float = 0.5,
+    pixel_weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw one random view of a patch.
 
     The view is a ``crop``-pixel square, turned by one of the 8 flips and
@@ -75,7 +104,9 @@ def augment(
     random ecDNA pixel, when the patch has any, because ecDNA covers about 1%
     of the pixels.
 
-    Returns ``(crop, crop)`` float32 DAPI and ``(crop, crop)`` int64 labels.
+    Returns ``(crop, crop)`` float32 DAPI and ``(crop, crop)`` int64 labels,
+    and the ``(crop, crop)`` float32 loss weights cut and turned the same way
+    when ``pixel_weights`` of the patch's shape is given.
     """
     height, width = dapi.shape
     top = int(rng.integers(0, height - crop + 1))
@@ -86,17 +117,26 @@ def augment(
             row, col = ecdna_pixels[rng.integers(len(ecdna_pixels))]
             top = int(np.clip(row - crop // 2 + rng.integers(-crop // 4, crop // 4 + 1), 0, height - crop))
             left = int(np.clip(col - crop // 2 + rng.integers(-crop // 4, crop // 4 + 1), 0, width - crop))
-    dapi = dapi[top : top + crop, left : left + crop]
-    label_map = label_map[top : top + crop, left : left + crop]
+    window = (slice(top, top + crop), slice(left, left + crop))
+    dapi, label_map = dapi[window], label_map[window]
+    if pixel_weights is not None:
+        pixel_weights = pixel_weights[window]
 
     turns = int(rng.integers(0, 4))
-    dapi, label_map = np.rot90(dapi, turns), np.rot90(label_map, turns)
-    if rng.random() < 0.5:
-        dapi, label_map = dapi[:, ::-1], label_map[:, ::-1]
+    mirror = rng.random() < 0.5
+
+    def turn(array: np.ndarray) -> np.ndarray:
+        array = np.rot90(array, turns)
+        return array[:, ::-1] if mirror else array
+
+    dapi, label_map = turn(dapi), turn(label_map)
 
     gain = rng.uniform(0.6, 1.4)
     gamma = rng.uniform(0.7, 1.4)
     dapi = np.clip(gain * np.power(dapi, gamma), 0.0, 1.0)
     dapi = dapi + rng.normal(0.0, rng.uniform(0.0, 0.03), dapi.shape)
     dapi = np.clip(dapi, 0.0, 1.0)
-    return np.ascontiguousarray(dapi, dtype=np.float32), np.ascontiguousarray(label_map, dtype=np.int64)
+    view = np.ascontiguousarray(dapi, dtype=np.float32), np.ascontiguousarray(label_map, dtype=np.int64)
+    if pixel_weights is None:
+        return view
+    return *view, np.ascontiguousarray(turn(pixel_weights), dtype=np.float32)

@@ -1,8 +1,9 @@
 """Scores of a segmenter on labelled patches: count errors and ecDNA localisation.
 
 ``python -m ecdna_exp.segmenter.evaluate`` re-scores a weights file without
-training: it chooses the per-class minimum areas on the training ids listed in
-the JSON record, scores the training and validation ids, and rewrites the record.
+training: it chooses the ecDNA probability threshold and the per-class minimum
+areas on the training ids listed in the JSON record, scores the training and
+validation ids, and rewrites the record.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecdna_exp.ground_truth import CLASS_NAMES, ECDNA, component_centroids, count_classes
+from ecdna_exp.ground_truth import CLASS_NAMES, ECDNA, component_centroids, count_classes, count_components
 from ecdna_exp.segmenter.dataset import DEFAULT_DATA, Patch, load_patches
 from ecdna_exp.segmenter.localisation import match_centroids
 from ecdna_exp.segmenter.predict import (
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: Largest distance in pixels between a predicted and a true ecDNA centroid that counts as a hit.
 MATCH_RADIUS = 5.0
+
+#: Candidate ecDNA probability thresholds tried on the training patches; None takes the most probable class.
+THRESHOLD_CANDIDATES = (None, *(round(0.3 + 0.05 * step, 2) for step in range(14)))
 
 #: Candidate smallest component areas in pixels, per class index, tried on the training patches.
 MIN_AREA_CANDIDATES = {
@@ -48,7 +52,31 @@ def pearson_r(x: np.ndarray, y: np.ndarray) -> float:
 
 def predict_patches(segmenter: Segmenter, patches: list[Patch]) -> list[np.ndarray]:
     """Return the predicted ``(H, W)`` uint8 label map of each patch, in order."""
-    return [segmenter.predict_probabilities(p.dapi).argmax(axis=0).astype(np.uint8) for p in patches]
+    return [segmenter.label_map_from_probabilities(segmenter.predict_probabilities(p.dapi)) for p in patches]
+
+
+def choose_ecdna_threshold(
+    segmenter: Segmenter, patches: list[Patch], probabilities: list[np.ndarray]
+) -> float | None:
+    """Return the ecDNA threshold with the lowest count MAE on ``patches``, each with its best minimum area.
+
+    ``probabilities`` contains the ``(4, H, W)`` predictions of the patches.
+    Candidates are :data:`THRESHOLD_CANDIDATES`; the first one wins a tie.
+    """
+    counts_true = np.array([count_classes(p.label_map)["num_ecDNA"] for p in patches])
+    best, best_error = None, np.inf
+    for threshold in THRESHOLD_CANDIDATES:
+        segmenter.ecdna_threshold = threshold
+        ecdna_masks = [segmenter.label_map_from_probabilities(p) == ECDNA for p in probabilities]
+        for min_area in MIN_AREA_CANDIDATES[ECDNA]:
+            counts_pred = np.array(
+                [count_components(drop_small_components(m, min_area)) for m in ecdna_masks]
+            )
+            error = np.abs(counts_pred - counts_true).mean()
+            if error < best_error:
+                best, best_error = threshold, error
+    segmenter.ecdna_threshold = best
+    return best
 
 
 def choose_min_areas(patches: list[Patch], label_maps_pred: list[np.ndarray]) -> dict[int, int]:
@@ -113,18 +141,24 @@ def score_patches(
 def calibrate_and_score(
     segmenter: Segmenter, train_patches: list[Patch], val_patches: list[Patch]
 ) -> dict[str, dict]:
-    """Choose the minimum areas on the training patches, then score both splits with them.
+    """Choose the ecDNA threshold and minimum areas on the training patches, then score both splits.
 
-    Returns ``{"min_areas": {class name: pixels}, "train_scores": ..., "val_scores": ...}``
-    and sets ``segmenter.min_areas``.
+    Returns ``{"ecdna_threshold": ..., "min_areas": {class name: pixels},
+    "train_scores": ..., "val_scores": ...}`` and sets
+    ``segmenter.ecdna_threshold`` and ``segmenter.min_areas``. The validation
+    patches take no part in the choices.
     """
-    label_maps_train = predict_patches(segmenter, train_patches)
+    probabilities_train = [segmenter.predict_probabilities(p.dapi) for p in train_patches]
+    threshold = choose_ecdna_threshold(segmenter, train_patches, probabilities_train)
+    label_maps_train = [segmenter.label_map_from_probabilities(p) for p in probabilities_train]
+    del probabilities_train
     min_areas = choose_min_areas(train_patches, label_maps_train)
     segmenter.min_areas = min_areas
     val_scores = (
         score_patches(val_patches, predict_patches(segmenter, val_patches), min_areas) if val_patches else {}
     )
     return {
+        "ecdna_threshold": threshold,
         "min_areas": {CLASS_NAMES[index]: area for index, area in min_areas.items()},
         "train_scores": score_patches(train_patches, label_maps_train, min_areas),
         "val_scores": val_scores,
@@ -154,7 +188,12 @@ def main(argv: list[str] | None = None) -> dict:
     record.update(result)
     record["scored_by"] = "python -m ecdna_exp.segmenter.evaluate"
     record_path.write_text(json.dumps(record, indent=2) + "\n")
-    log.info("minimum areas %s; validation scores %s", result["min_areas"], result["val_scores"])
+    log.info(
+        "ecDNA threshold %s, minimum areas %s; validation scores %s",
+        result["ecdna_threshold"],
+        result["min_areas"],
+        result["val_scores"],
+    )
     return record
 
 

@@ -215,4 +215,4 @@ def segment_whole_spread(
     if scale != 1.0:
         zoom = (1, rgb.shape[0] / dapi.shape[0], rgb.shape[1] / dapi.shape[1])
         probabilities = ndimage.zoom(probabilities, zoom, order=1)
-    return probabilities.argmax(axis=0).astype(np.uint8)
+    return segmenter.label_map_from_probabilities(probabilities)

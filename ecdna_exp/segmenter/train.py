@@ -23,7 +23,15 @@ import torch
 from torch.nn import functional as F
 
 from ecdna_exp.ground_truth import ECDNA
-from ecdna_exp.segmenter.dataset import DEFAULT_DATA, Patch, augment, list_patch_ids, load_patches, split_ids
+from ecdna_exp.segmenter.dataset import (
+    DEFAULT_DATA,
+    Patch,
+    augment,
+    list_patch_ids,
+    load_patches,
+    separation_mask,
+    split_ids,
+)
 from ecdna_exp.segmenter.evaluate import calibrate_and_score
 from ecdna_exp.segmenter.net import NetConfig, UNet, count_parameters
 from ecdna_exp.segmenter.predict import DEFAULT_WEIGHTS, Segmenter
@@ -35,6 +43,8 @@ log = logging.getLogger(__name__)
 CLASS_WEIGHTS = (1.0, 1.0, 1.0, 8.0)
 #: Weight of the ecDNA soft Dice loss added to the cross-entropy.
 DICE_WEIGHT = 0.5
+#: Pixels within this many pixels of two different ecDNA are separation pixels (see ``separation_mask``).
+SEPARATION_RADIUS = 2
 
 #: Synthetic objects about 2x larger than the generator's defaults. The ecSeg sample's median ecDNA label is 40 px.
 ENLARGED_STYLE = SyntheticStyle(
@@ -81,6 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=16,
         help="synthetic patches mixed into each epoch (0 for real data only)",
     )
+    parser.add_argument(
+        "--separation-weight",
+        type=float,
+        default=10.0,
+        help="cross-entropy weight of background pixels between two nearby ecDNA, in place of 1 "
+        "(1 turns it off); it teaches the network to keep neighbouring ecDNA apart",
+    )
     parser.add_argument("--base-channels", type=int, default=16, help="U-Net feature maps at the first level")
     parser.add_argument("--depth", type=int, default=5, help="U-Net levels (depth - 1 downsamplings)")
     parser.add_argument(
@@ -96,12 +113,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def loss_function(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+def loss_function(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weights: torch.Tensor,
+    pixel_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Return weighted cross-entropy plus :data:`DICE_WEIGHT` times the soft Dice loss of the ecDNA class.
 
-    ``logits`` is ``(B, 4, H, W)`` and ``target`` ``(B, H, W)`` int64.
+    ``logits`` is ``(B, 4, H, W)`` and ``target`` ``(B, H, W)`` int64. Each
+    pixel's cross-entropy is weighted by its class weight, times its entry
+    of the ``(B, H, W)`` ``pixel_weights`` when given.
     """
-    cross_entropy = F.cross_entropy(logits, target, weight=class_weights)
+    if pixel_weights is None:
+        cross_entropy = F.cross_entropy(logits, target, weight=class_weights)
+    else:
+        weights = class_weights[target] * pixel_weights
+        cross_entropy = (F.cross_entropy(logits, target, reduction="none") * weights).sum() / weights.sum()
     ecdna_prob = torch.softmax(logits, dim=1)[:, ECDNA]
     ecdna_true = (target == ECDNA).float()
     intersection = (ecdna_prob * ecdna_true).sum()
@@ -160,6 +188,14 @@ def synthetic_pool(count: int, seed: int) -> list[Patch]:
     return pool
 
 
+def set_separation_weights(patches: list[Patch], weight: float) -> None:
+    """Give each patch pixel weights of ``weight`` on its separation pixels and 1 elsewhere."""
+    for patch in patches:
+        patch.pixel_weights = np.where(
+            separation_mask(patch.label_map, SEPARATION_RADIUS), weight, 1.0
+        ).astype(np.float32)
+
+
 def train_epoch(net, optimiser, scheduler, samples, rng, args, class_weights, device) -> tuple[float, float]:
     """Run one epoch over ``samples`` in random order.
 
@@ -174,13 +210,18 @@ def train_epoch(net, optimiser, scheduler, samples, rng, args, class_weights, de
         if getattr(scheduler, "done", False):
             break
         views = [
-            augment(samples[i].dapi, samples[i].label_map, rng, args.crop)
+            augment(
+                samples[i].dapi, samples[i].label_map, rng, args.crop, pixel_weights=samples[i].pixel_weights
+            )
             for i in order[start : start + args.batch_size]
         ]
         x = torch.from_numpy(np.stack([v[0] for v in views]))[:, None].to(device)
         y = torch.from_numpy(np.stack([v[1] for v in views])).to(device)
+        pixel_weights = (
+            torch.from_numpy(np.stack([v[2] for v in views])).to(device) if len(views[0]) == 3 else None
+        )
         logits = net(x)
-        loss = loss_function(logits, y, class_weights)
+        loss = loss_function(logits, y, class_weights, pixel_weights)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -219,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_patches = load_patches(args.data, train_ids)
     val_patches = load_patches(args.data, val_ids)
     synthetic = synthetic_pool(4 * args.synthetic, args.seed) if args.synthetic else []
+    if args.separation_weight != 1.0:
+        set_separation_weights(train_patches + synthetic, args.separation_weight)
     log.info(
         "%d training, %d validation, %d synthetic patches",
         len(train_patches),
@@ -269,7 +312,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     segmenter = Segmenter(net, {"test_time_views": args.test_time_views}, device=args.device)
     scores = calibrate_and_score(segmenter, train_patches, val_patches)
-    log.info("minimum areas %s; validation scores %s", scores["min_areas"], scores["val_scores"])
+    log.info(
+        "ecDNA threshold %s, minimum areas %s; validation scores %s",
+        scores["ecdna_threshold"],
+        scores["min_areas"],
+        scores["val_scores"],
+    )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {key: value.detach().cpu() for key, value in net.state_dict().items()}
@@ -288,11 +336,14 @@ def main(argv: list[str] | None = None) -> dict:
         "synthetic_per_epoch": args.synthetic,
         "class_weights": list(CLASS_WEIGHTS),
         "dice_weight": DICE_WEIGHT,
+        "separation_weight": args.separation_weight,
+        "separation_radius_px": SEPARATION_RADIUS,
         "net_config": config.to_dict(),
         "parameters": count_parameters(net),
         "input": "DAPI (blue channel, or grey for grey images) / 255, one channel",
         "tile": 256,
         "test_time_views": args.test_time_views,
+        "ecdna_threshold": scores["ecdna_threshold"],
         "min_areas": scores["min_areas"],
         "data": str(args.data),
         "train_ids": train_ids,
