@@ -29,7 +29,9 @@ def test_separation_mask_marks_gap_between_two_ecdna():
     mask = separation_mask(label_map, radius=2)
     # Columns 3 and 4 lie within 2 px of both dots at (2, 2) and (2, 5). The
     # lone dot at (9, 9) has no partner, so nothing around it is marked.
-    assert sorted(map(tuple, np.argwhere(mask).tolist())) == [(row, col) for row in range(5) for col in (3, 4)]
+    assert sorted(map(tuple, np.argwhere(mask).tolist())) == [
+        (row, col) for row in range(5) for col in (3, 4)
+    ]
     assert not mask[label_map == ECDNA].any()
 
     one = np.zeros((8, 8), dtype=np.uint8)
@@ -139,3 +141,12 @@ def test_counter_threshold_override():
     assert count_components(stored.segmenter.label_map_from_probabilities(probabilities) == ECDNA) == 2
     with pytest.raises(ModelConfigError, match="ecdna_threshold"):
         SegmenterCounter(ecdna_threshold=1.2)
+
+
+def test_train_rejects_nonpositive_separation_weight(capsys):
+    from ecdna_exp.segmenter.train import parse_args
+
+    assert parse_args(["--separation-weight", "1"]).separation_weight == 1.0
+    with pytest.raises(SystemExit):
+        parse_args(["--separation-weight", "0"])
+    assert "--separation-weight must be positive, got 0.0" in capsys.readouterr().err

@@ -170,8 +170,8 @@ class Segmenter:
         """
         if self.ecdna_threshold is None:
             return probabilities.argmax(axis=0).astype(np.uint8)
-        label_map = np.delete(probabilities, ECDNA, axis=0).argmax(axis=0).astype(np.uint8)
-        label_map[label_map >= ECDNA] += 1
+        # ecDNA is the last class, so the other classes keep their indices.
+        label_map = probabilities[:ECDNA].argmax(axis=0).astype(np.uint8)
         label_map[probabilities[ECDNA] > self.ecdna_threshold] = ECDNA
         return label_map
 

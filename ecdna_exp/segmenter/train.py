@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--separation-weight",
         type=float,
         default=10.0,
-        help="cross-entropy weight of background pixels between two nearby ecDNA, in place of 1 "
+        help="cross-entropy weight of non-ecDNA pixels between two nearby ecDNA, in place of 1 "
         "(1 turns it off); it teaches the network to keep neighbouring ecDNA apart",
     )
     parser.add_argument("--base-channels", type=int, default=16, help="U-Net feature maps at the first level")
@@ -110,7 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--limit", type=int, default=0, help="use only the first N patches (smoke runs); 0 for all"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.separation_weight <= 0:
+        parser.error(f"--separation-weight must be positive, got {args.separation_weight}")
+    return args
 
 
 def loss_function(
