@@ -34,9 +34,9 @@ def test_separation_mask_marks_gap_between_two_ecdna():
     ]
     assert not mask[label_map == ECDNA].any()
 
-    one = np.zeros((8, 8), dtype=np.uint8)
-    one[3:5, 3:5] = ECDNA
-    assert not separation_mask(one).any()
+    single_blob = np.zeros((8, 8), dtype=np.uint8)
+    single_blob[3:5, 3:5] = ECDNA
+    assert not separation_mask(single_blob).any()
 
 
 def test_augment_turns_weights_with_labels():
