@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from ecdna_exp.ground_truth import BACKGROUND, CHROMOSOME, ECDNA, NUCLEUS, count_components
 from ecdna_exp.models.base import ModelConfigError
@@ -65,18 +66,14 @@ def test_loss_pixel_weights():
     torch.testing.assert_close(loss_function(logits, target, class_weights, torch.ones(2, 8, 8)), plain)
 
     # Weighting up one badly predicted pixel raises the loss.
-    worst = _cross_entropy_per_pixel(logits, target).argmax()
+    worst = F.cross_entropy(logits, target, reduction="none").flatten().argmax()
     pixel_weights = torch.ones(2 * 8 * 8)
     pixel_weights[worst] = 50.0
     assert loss_function(logits, target, class_weights, pixel_weights.view(2, 8, 8)) > plain + 0.1
 
 
-def _cross_entropy_per_pixel(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(logits, target, reduction="none").flatten()
-
-
 def _probabilities(ecdna: np.ndarray, other: int = CHROMOSOME) -> np.ndarray:
-    """Return ``(4, H, W)`` probabilities with ``ecdna`` for ecDNA and the rest split 2:1 to ``other`` and background."""
+    """Return ``(4, H, W)`` probabilities: ``ecdna`` for ecDNA, the rest 2:1 to ``other`` and background."""
     probabilities = np.zeros((4,) + ecdna.shape, dtype=np.float32)
     probabilities[ECDNA] = ecdna
     probabilities[other] = (1 - ecdna) * 2 / 3

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 #: Largest distance in pixels between a predicted and a true ecDNA centroid that counts as a hit.
 MATCH_RADIUS = 5.0
 
-#: Candidate ecDNA probability thresholds tried on the training patches; None takes the most probable class.
+#: Candidate ecDNA probability thresholds tried on the training patches. None takes the most probable class.
 THRESHOLD_CANDIDATES = (None, *(round(0.3 + 0.05 * step, 2) for step in range(14)))
 
 #: Candidate smallest component areas in pixels, per class index, tried on the training patches.
@@ -58,10 +58,11 @@ def predict_patches(segmenter: Segmenter, patches: list[Patch]) -> list[np.ndarr
 def choose_ecdna_threshold(
     segmenter: Segmenter, patches: list[Patch], probabilities: list[np.ndarray]
 ) -> float | None:
-    """Return the ecDNA threshold with the lowest count MAE on ``patches``, each with its best minimum area.
+    """Return the ecDNA threshold with the lowest count MAE on ``patches``, and set it on ``segmenter``.
 
+    Each candidate of :data:`THRESHOLD_CANDIDATES` is scored with its best
+    smallest ecDNA area, and on a tie the first candidate wins.
     ``probabilities`` contains the ``(4, H, W)`` predictions of the patches.
-    Candidates are :data:`THRESHOLD_CANDIDATES`; the first one wins a tie.
     """
     counts_true = np.array([count_classes(p.label_map)["num_ecDNA"] for p in patches])
     best, best_error = None, np.inf

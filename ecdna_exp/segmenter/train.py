@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 CLASS_WEIGHTS = (1.0, 1.0, 1.0, 8.0)
 #: Weight of the ecDNA soft Dice loss added to the cross-entropy.
 DICE_WEIGHT = 0.5
-#: Pixels within this many pixels of two different ecDNA are separation pixels (see ``separation_mask``).
+#: Chessboard distance in pixels within which a pixel near two different ecDNA is a separation pixel.
 SEPARATION_RADIUS = 2
 
 #: Synthetic objects about 2x larger than the generator's defaults. The ecSeg sample's median ecDNA label is 40 px.
@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the split, initial weights and augmentation"
     )
+    # NOTE: training on CUDA has not been run; only the CPU training time is measured.
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     parser.add_argument(
